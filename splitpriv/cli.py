@@ -1,0 +1,58 @@
+"""``splitpriv <command>``: the command-line front door.
+
+Each command is one module in ``splitpriv/commands/`` with ``HELP``, ``add_arguments(parser)``
+and ``run(args) -> int``. User errors (bad config, missing data, wrong cut) print one message
+and exit with code 2; no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from splitpriv.errors import SplitprivError
+
+COMMANDS = ["train", "attack", "sweep", "compare", "profile", "plan", "exits"]
+
+
+def _available_commands() -> dict:
+    modules = {}
+    for name in COMMANDS:
+        try:
+            modules[name] = importlib.import_module(f"splitpriv.commands.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"splitpriv.commands.{name}":
+                raise
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="splitpriv",
+        description="Privacy-aware split learning: train split models with defenses, attack them, "
+        "profile every cut and plan where to cut.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in _available_commands().items():
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP,
+                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run, parser=sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except SplitprivError as error:
+        print(f"splitpriv {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"splitpriv {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

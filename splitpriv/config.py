@@ -1,0 +1,188 @@
+"""Run configuration: plain YAML, validated against typed dataclasses before any work starts.
+
+Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the key
+(dotted path), the value and what is allowed. Every field has a default that runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from splitpriv.data import DataConfig
+from splitpriv.errors import ConfigError, SplitprivError
+
+Check = tuple[Callable[[Any], bool], str]
+
+
+def check(predicate: Callable[[Any], bool], allowed: str) -> dict:
+    """Field metadata: the value must satisfy ``predicate``; ``allowed`` says what passes."""
+    return {"check": (predicate, allowed)}
+
+
+POSITIVE_INT = check(lambda v: v is None or v >= 1, "an integer >= 1")
+NON_NEGATIVE = check(lambda v: v >= 0, "a number >= 0")
+POSITIVE = check(lambda v: v > 0, "a number > 0")
+FRACTION = check(lambda v: 0 <= v < 1, "a fraction in [0, 1)")
+
+
+def one_of(*choices: str) -> dict:
+    return check(lambda v: v is None or v in choices, f"one of {list(choices)}")
+
+
+# The data set's fields are declared in splitpriv.data; their ranges live here.
+DATA_CHECKS: dict[str, Check] = {
+    "val_fraction": FRACTION["check"],
+    "proxy_fraction": check(lambda v: 0 < v < 1, "a fraction in (0, 1)")["check"],
+    "proxy_split": one_of("train", "test")["check"],
+    "proxy_size": POSITIVE_INT["check"],
+    "train_size": POSITIVE_INT["check"],
+    "test_size": POSITIVE_INT["check"],
+}
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = field(default="adam", metadata=one_of("adam", "adamw", "sgd"))
+    lr: float = field(default=1e-3, metadata=POSITIVE)
+    weight_decay: float = field(default=0.0, metadata=NON_NEGATIVE)
+    momentum: float = field(default=0.9, metadata=check(lambda v: 0 <= v < 1, "a number in [0, 1)"))
+
+
+@dataclass
+class ModelConfig:
+    name: str = "small_cnn"
+    cut_layer: int | str | None = None  # index or block name; None: a middle cut
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = field(default=15, metadata=POSITIVE_INT)
+    batch_size: int = field(default=64, metadata=POSITIVE_INT)
+    client_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    server_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    accelerator: str = field(default="cpu", metadata=one_of("cpu", "gpu", "auto"))
+    num_threads: int | None = field(default=None, metadata=POSITIVE_INT)
+    progress_bar: bool = True
+
+
+@dataclass
+class WandbConfig:
+    mode: str | None = field(default=None, metadata=one_of("online", "offline", "disabled"))
+    project: str = "splitpriv"
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    name: str | None = None  # run folder name; None: derived from data set, model, cut and seed
+    out: str = "runs"
+    seed: int = field(default=0, metadata=check(lambda v: v >= 0, "an integer >= 0"))
+    plugins: list[str] = field(default_factory=list)  # python files that register models, defenses, attacks
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    defenses: list[dict] = field(default_factory=list)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def run_name(self) -> str:
+        return self.name or f"{self.data.dataset}-{self.model.name}-cut{self.model.cut_layer}-seed{self.seed}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        return isinstance(value, list)
+    if origin is dict:
+        return isinstance(value, dict)
+    return isinstance(value, annotation)
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    return "null" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+
+
+def from_dict(cls: type, values: dict | None, prefix: str = "", extra_checks: dict[str, Check] | None = None):
+    """Build dataclass ``cls`` from a nested dict, refusing unknown keys and wrong types."""
+    values = values or {}
+    if not isinstance(values, dict):
+        raise ConfigError(prefix.rstrip(".") or "<config>", values, "a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(prefix + unknown[0], values[unknown[0]], f"known keys of '{prefix.rstrip('.') or 'config'}': {sorted(fields)}")
+    kwargs = {}
+    for name, value in values.items():
+        key, annotation = prefix + name, hints[name]
+        if dataclasses.is_dataclass(annotation):
+            nested_checks = DATA_CHECKS if annotation is DataConfig else None
+            kwargs[name] = from_dict(annotation, value, key + ".", nested_checks)
+            continue
+        if not _type_ok(value, annotation):
+            raise ConfigError(key, value, _type_name(annotation))
+        if annotation is float or annotation == (float | None):
+            value = float(value) if value is not None else None
+        rule = fields[name].metadata.get("check") or (extra_checks or {}).get(name)
+        if rule and value is not None and not rule[0](value):
+            raise ConfigError(key, value, rule[1])
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_yaml(path: str | Path) -> dict:
+    file = Path(path)
+    if not file.exists():
+        raise SplitprivError(f"config file not found: {file}")
+    try:
+        loaded = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as error:
+        raise SplitprivError(f"config file {file} is not valid YAML: {error}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise SplitprivError(f"config file {file} must hold a mapping of keys to values")
+    return loaded or {}
+
+
+def set_dotted(values: dict, dotted_key: str, value: Any) -> None:
+    """``set_dotted(d, "training.epochs", 3)`` -> ``d["training"]["epochs"] = 3``."""
+    *parents, leaf = dotted_key.split(".")
+    for parent in parents:
+        values = values.setdefault(parent, {})
+    values[leaf] = value
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def load_run_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
+    """Defaults <- YAML file <- overrides (dotted keys), validated."""
+    values = load_yaml(path) if path else {}
+    for dotted_key, value in (overrides or {}).items():
+        set_dotted(values, dotted_key, value)
+    return from_dict(RunConfig, values)

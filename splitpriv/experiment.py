@@ -1,0 +1,159 @@
+"""``splitpriv.train``: one split-learning run from a validated config to a run folder."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from defenses import build_defenses
+from splitpriv.config import RunConfig
+from splitpriv.data import SplitData, make_splits
+from splitpriv.errors import SplitprivError
+from splitpriv.models import build_model
+from splitpriv.runs import CHECKPOINT, CONFIG_FILE, METRICS_FILE, Run, atomic_write_json, atomic_write_yaml, import_plugins
+from splitpriv.tracking import make_wandb_logger
+from splitpriv.training import SplitLearningModule
+
+log = logging.getLogger("splitpriv")
+
+
+def build_module(cfg: RunConfig, num_classes: int, in_channels: int, image_size: int) -> SplitLearningModule:
+    """The split model, its cut and its defenses, seeded so the same config gives the same weights."""
+    defenses = build_defenses(cfg.defenses)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = build_model(cfg.model.name, num_classes, in_channels, image_size)
+    cut = model.default_cut() if cfg.model.cut_layer is None else model.cut_index(cfg.model.cut_layer)
+    return SplitLearningModule(model, cut, num_classes, cfg.training.client_optimizer, cfg.training.server_optimizer, defenses)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's hints that do not apply to in-memory CPU data."""
+    for pattern in (".*does not have many workers.*", ".*GPU available but not used.*", ".*TPU available.*",
+                    ".*LeafSpec.*", ".*is deprecated.*"):
+        warnings.filterwarnings("ignore", pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def loaders(data: SplitData, batch_size: int, seed: int) -> tuple[DataLoader, DataLoader, DataLoader]:
+    shuffle_generator = torch.Generator().manual_seed(seed)
+    return (
+        DataLoader(data.dataset("private_train"), batch_size=batch_size, shuffle=True, generator=shuffle_generator),
+        DataLoader(data.dataset("val"), batch_size=max(batch_size, 256)),
+        DataLoader(data.dataset("private_test"), batch_size=max(batch_size, 256)),
+    )
+
+
+def _run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
+    base = Path(cfg.out)
+    run_dir = base / cfg.run_name()
+    if resume or not (run_dir / METRICS_FILE).exists():
+        return run_dir
+    if force:
+        shutil.rmtree(run_dir)
+        return run_dir
+    if cfg.name is None:  # an automatic name: take the next free one rather than overwrite
+        suffix = 1
+        while (base / f"{cfg.run_name()}-{suffix}" / METRICS_FILE).exists():
+            suffix += 1
+        return base / f"{cfg.run_name()}-{suffix}"
+    raise SplitprivError(f"run folder {run_dir} already holds a finished run; pass --force to overwrite it, "
+                         f"--resume to continue it, or another --name.")
+
+
+def _resolved(module: SplitLearningModule, data: SplitData) -> dict:
+    return {
+        "cut_layer": module.cut_layer,
+        "cut_name": module.cut_name,
+        "dataset_info": dataclasses.asdict(data.info),
+        "data_splits": data.description,
+        "defenses": [{"name": d.name, **d.config()} for d in module.defenses],
+        "versions": {"torch": str(torch.__version__), "lightning": str(L.__version__)},
+    }
+
+
+def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = False, data: SplitData | None = None) -> Run:
+    """Train one split model and write ``<out>/<name>/``. Returns the loaded :class:`Run`.
+
+    ``resume=True`` continues from ``checkpoints/last.ckpt`` of the same run folder.
+    """
+    cfg = cfg or RunConfig()
+    quiet_lightning()
+    import_plugins(cfg.plugins)
+    if cfg.training.num_threads:
+        torch.set_num_threads(cfg.training.num_threads)
+    build_defenses(cfg.defenses)  # invalid defense parameters fail before any data is loaded
+    data = data or make_splits(cfg.data, cfg.seed)
+    module = build_module(cfg, data.info.num_classes, data.info.in_channels, data.info.image_size)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, cut_layer=module.cut_layer))
+    run_dir = _run_dir(cfg, resume, force)
+    checkpoint = run_dir / CHECKPOINT
+    if resume and not checkpoint.exists():
+        raise SplitprivError(f"cannot resume: no checkpoint at {checkpoint}")
+    for defense in module.defenses:
+        defense.setup(module, data.dataset("private_train"))
+
+    config_record = {**cfg.to_dict(), "name": run_dir.name, "resolved": _resolved(module, data)}
+    atomic_write_yaml(run_dir / CONFIG_FILE, config_record)
+    train_loader, val_loader, test_loader = loaders(data, cfg.training.batch_size, cfg.seed)
+    loggers = [CSVLogger(str(run_dir), name="logs", version="")]
+    wandb_logger = make_wandb_logger(cfg.wandb, run_dir, run_dir.name, job_type="train", config=_wandb_config(cfg, module))
+    if wandb_logger is not None:
+        loggers.append(wandb_logger)
+    trainer = L.Trainer(
+        max_epochs=cfg.training.epochs,
+        accelerator=cfg.training.accelerator,
+        devices=1,
+        deterministic=True,
+        logger=loggers,
+        callbacks=[ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0)],
+        enable_progress_bar=cfg.training.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        default_root_dir=str(run_dir),
+    )
+    started = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(checkpoint) if resume else None)
+    train_time_s = time.perf_counter() - started
+    tested = trainer.test(module, test_loader, verbose=False)[0]
+
+    metrics = {
+        "test_accuracy": float(tested["test_acc"]),
+        "test_loss": float(tested["test_loss"]),
+        "activation_bytes_per_sample": module.activation_bytes_per_sample,
+        "gradient_bytes_per_sample": module.gradient_bytes_per_sample,
+        "train_time_s": train_time_s,
+        "epochs": trainer.current_epoch,
+        "cut_layer": module.cut_layer,
+        "cut_name": module.cut_name,
+    }
+    for defense in module.defenses:
+        metrics.update({f"{defense.name}/{k}": float(v) for k, v in defense.metrics().items()})
+    # the resolved defense settings (e.g. a calibrated clip) are known only after training starts
+    config_record["resolved"] = _resolved(module, data)
+    atomic_write_yaml(run_dir / CONFIG_FILE, config_record)
+    atomic_write_json(run_dir / METRICS_FILE, metrics)
+    if wandb_logger is not None:
+        wandb_logger.experiment.summary.update(metrics)
+        wandb_logger.experiment.finish()
+    module.eval()
+    return Run(run_dir, cfg, config_record["resolved"], metrics, module, data)
+
+
+def _wandb_config(cfg: RunConfig, module: SplitLearningModule) -> dict:
+    first = cfg.defenses[0] if cfg.defenses else {}
+    return {
+        "dataset": cfg.data.dataset, "model": cfg.model.name, "cut_layer": module.cut_layer,
+        "cut_name": module.cut_name, "defense": first.get("name", "none"), "seed": cfg.seed,
+        "config": cfg.to_dict(),
+    }

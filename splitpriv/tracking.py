@@ -1,0 +1,54 @@
+"""Weights & Biases tracking: offline unless the user has configured wandb.
+
+Mode, first that applies: the config's ``wandb.mode``; the ``WANDB_MODE`` environment variable;
+``online`` when an API key is configured (``WANDB_API_KEY`` or a netrc entry for api.wandb.ai);
+else ``offline`` (upload later with ``wandb sync <run>/wandb/offline-run-*``).
+"""
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+
+from splitpriv.config import WandbConfig
+
+
+def wandb_mode(cfg: WandbConfig) -> str:
+    if cfg.mode:
+        return cfg.mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if _has_api_key() else "offline"
+
+
+def _has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def init_kwargs(cfg: WandbConfig, save_dir: Path, name: str, job_type: str, config: dict, group: str | None = None) -> dict:
+    """Arguments of ``wandb.init`` shared by training runs (via Lightning) and attack/summary runs."""
+    save_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "project": cfg.project, "group": group or cfg.group, "tags": list(cfg.tags), "dir": str(save_dir),
+        "name": name, "job_type": job_type, "config": config, "mode": wandb_mode(cfg), "reinit": "create_new",
+        "settings": {"silent": True, "console": "off", "x_disable_stats": True},
+    }
+
+
+def make_wandb_logger(cfg: WandbConfig, save_dir: Path, name: str, job_type: str, config: dict, group: str | None = None):
+    """Lightning's WandbLogger, or None when tracking is disabled."""
+    if wandb_mode(cfg) == "disabled":
+        return None
+    from lightning.pytorch.loggers import WandbLogger
+    import wandb
+
+    kwargs = init_kwargs(cfg, save_dir, name, job_type, config, group)
+    kwargs["save_dir"] = kwargs.pop("dir")
+    kwargs["settings"] = wandb.Settings(**kwargs["settings"])
+    kwargs.pop("reinit")
+    return WandbLogger(**kwargs, log_model=False)
