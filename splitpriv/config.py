@@ -80,6 +80,17 @@ class WandbConfig:
 
 
 @dataclass
+class ExitsConfig:
+    """Internal classifiers (early exits), see ``splitpriv.exits``; none by default."""
+
+    at: list[int | str] = field(default_factory=list)  # cut indices or names
+    pool_size: int = field(default=2, metadata=POSITIVE_INT)  # adaptive average pool to pool_size x pool_size
+    hidden: int = field(default=0, metadata=NON_NEGATIVE)  # hidden units of the classifier (0: linear)
+    weight: float = field(default=1.0, metadata=NON_NEGATIVE)  # each exit's loss weight (schedule constant)
+    schedule: str = field(default="constant", metadata=one_of("constant", "sdn"))
+
+
+@dataclass
 class RunConfig:
     name: str | None = None  # run folder name; None: derived from data set, model, cut and seed
     out: str = "runs"
@@ -89,6 +100,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     defenses: list[dict] = field(default_factory=list)
+    exits: ExitsConfig = field(default_factory=ExitsConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def run_name(self) -> str:
@@ -133,7 +145,8 @@ def from_dict(cls: type, values: dict | None, prefix: str = "", extra_checks: di
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(prefix + unknown[0], values[unknown[0]], f"known keys of '{prefix.rstrip('.') or 'config'}': {sorted(fields)}")
+        raise ConfigError(prefix + unknown[0], values[unknown[0]],
+                          f"the keys of '{prefix.rstrip('.') or 'the config'}': {sorted(fields)}", problem="unknown key")
     kwargs = {}
     for name, value in values.items():
         key, annotation = prefix + name, hints[name]

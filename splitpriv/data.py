@@ -241,6 +241,22 @@ def _npz(root: Path, train: bool, download: bool, path: str | None) -> ImageSet:
     return _fixed_split(_read_npz(file), train)
 
 
+# (num_classes, per-sample input shape) of the built-in data sets, so that shape-only work
+# (profiling, planning) runs without the data present.
+_SHAPES: dict[str, tuple[int, tuple[int, int, int]]] = {
+    "digits": (10, (1, 8, 8)), "mnist": (10, (1, 28, 28)), "fashion_mnist": (10, (1, 28, 28)),
+    "kmnist": (10, (1, 28, 28)), "cifar10": (10, (3, 32, 32)), "cifar100": (100, (3, 32, 32)),
+}
+
+
+def dataset_shape(name: str, root: str | os.PathLike | None = None, path: str | None = None) -> tuple[int, tuple[int, int, int]]:
+    """(num_classes, input_shape) of a data set: known sets from a table, others by loading them."""
+    if name in _SHAPES:
+        return _SHAPES[name]
+    info = dataset_info(name, load_images(name, root, True, False, path))
+    return info.num_classes, info.input_shape
+
+
 def dataset_info(name: str, train_images: ImageSet) -> DatasetInfo:
     _, c, h, w = train_images.images.shape
     if h != w:
@@ -293,6 +309,8 @@ class SplitData:
     private_test: ImageSet
     proxy: ImageSet
     description: dict = field(default_factory=dict)
+    # positions in the data set's train/test split of each role (proxy: empty when from another set)
+    indices: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def normalize(self, unit_images: torch.Tensor) -> torch.Tensor:
         """[0, 1] images -> model inputs."""
@@ -362,7 +380,9 @@ def make_splits(cfg: DataConfig, seed: int) -> SplitData:
         "private_train": len(train_idx), "val": len(val_idx), "private_test": len(test_idx),
         "proxy": len(proxy), "proxy_source": proxy_source, "fingerprint": fingerprint.hexdigest()[:16],
     }
-    return SplitData(info, train.subset(train_idx), train.subset(val_idx), test.subset(test_idx), proxy, description)
+    indices = {"private_train": train_idx, "val": val_idx, "proxy": proxy_idx, "private_test": test_idx}
+    return SplitData(info, train.subset(train_idx), train.subset(val_idx), test.subset(test_idx), proxy,
+                     description, indices)
 
 
 def _check_disjoint(*index_sets: torch.Tensor) -> None:

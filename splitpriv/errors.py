@@ -8,9 +8,9 @@ class SplitprivError(Exception):
 class ConfigError(SplitprivError, ValueError):
     """An invalid configuration value; the message names the key, the value and what is allowed."""
 
-    def __init__(self, key: str, value, allowed: str):
+    def __init__(self, key: str, value, allowed: str, problem: str = "invalid value for"):
         self.key, self.value, self.allowed = key, value, allowed
-        super().__init__(f"invalid value for '{key}': {value!r}; allowed: {allowed}")
+        super().__init__(f"{problem} '{key}': {value!r}; allowed: {allowed}")
 
 
 class DataNotFoundError(SplitprivError, FileNotFoundError):

@@ -15,10 +15,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
-from defenses import build_defenses
+import defenses as defense_registry  # the module, not its names: importing `defenses` first must not cycle
 from splitpriv.config import RunConfig
 from splitpriv.data import SplitData, make_splits
 from splitpriv.errors import SplitprivError
+from splitpriv.exits import build_exits
 from splitpriv.models import build_model
 from splitpriv.runs import CHECKPOINT, CONFIG_FILE, METRICS_FILE, Run, atomic_write_json, atomic_write_yaml, import_plugins
 from splitpriv.tracking import make_wandb_logger
@@ -29,26 +30,48 @@ log = logging.getLogger("splitpriv")
 
 def build_module(cfg: RunConfig, num_classes: int, in_channels: int, image_size: int) -> SplitLearningModule:
     """The split model, its cut and its defenses, seeded so the same config gives the same weights."""
-    defenses = build_defenses(cfg.defenses)
+    defenses = defense_registry.build_defenses(cfg.defenses)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_model(cfg.model.name, num_classes, in_channels, image_size)
     cut = model.default_cut() if cfg.model.cut_layer is None else model.cut_index(cfg.model.cut_layer)
-    return SplitLearningModule(model, cut, num_classes, cfg.training.client_optimizer, cfg.training.server_optimizer, defenses)
+    exits = build_exits(model, cfg.exits, num_classes, (in_channels, image_size, image_size)) if cfg.exits.at else (None, None)
+    module = SplitLearningModule(model, cut, num_classes, cfg.training.client_optimizer, cfg.training.server_optimizer, defenses, *exits)
+    for defense in module.defenses:
+        defense.build(module, (in_channels, image_size, image_size))
+    return module
 
 
 def quiet_lightning() -> None:
     """Silence Lightning's hints that do not apply to in-memory CPU data."""
     for pattern in (".*does not have many workers.*", ".*GPU available but not used.*", ".*TPU available.*",
-                    ".*LeafSpec.*", ".*is deprecated.*"):
+                    ".*LeafSpec.*", ".*is deprecated.*", ".*Full backward hook is firing.*"):
         warnings.filterwarnings("ignore", pattern)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+class EpochSeededSampler(torch.utils.data.Sampler):
+    """A shuffle drawn from (seed, epoch): a resumed run sees the same order as an uninterrupted one.
+    Lightning calls ``set_epoch`` at the start of every epoch."""
+
+    def __init__(self, num_samples: int, seed: int):
+        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
 def loaders(data: SplitData, batch_size: int, seed: int) -> tuple[DataLoader, DataLoader, DataLoader]:
-    shuffle_generator = torch.Generator().manual_seed(seed)
+    private_train = data.dataset("private_train")
     return (
-        DataLoader(data.dataset("private_train"), batch_size=batch_size, shuffle=True, generator=shuffle_generator),
+        DataLoader(private_train, batch_size=batch_size, sampler=EpochSeededSampler(len(private_train), seed)),
         DataLoader(data.dataset("val"), batch_size=max(batch_size, 256)),
         DataLoader(data.dataset("private_test"), batch_size=max(batch_size, 256)),
     )
@@ -92,7 +115,7 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
     import_plugins(cfg.plugins)
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
-    build_defenses(cfg.defenses)  # invalid defense parameters fail before any data is loaded
+    defense_registry.build_defenses(cfg.defenses)  # invalid defense parameters fail before any data is loaded
     data = data or make_splits(cfg.data, cfg.seed)
     module = build_module(cfg, data.info.num_classes, data.info.in_channels, data.info.image_size)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, cut_layer=module.cut_layer))
@@ -106,6 +129,8 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
     config_record = {**cfg.to_dict(), "name": run_dir.name, "resolved": _resolved(module, data)}
     atomic_write_yaml(run_dir / CONFIG_FILE, config_record)
     train_loader, val_loader, test_loader = loaders(data, cfg.training.batch_size, cfg.seed)
+    for defense in module.defenses:
+        train_loader = defense.train_loader(train_loader)
     loggers = [CSVLogger(str(run_dir), name="logs", version="")]
     wandb_logger = make_wandb_logger(cfg.wandb, run_dir, run_dir.name, job_type="train", config=_wandb_config(cfg, module))
     if wandb_logger is not None:
@@ -139,6 +164,7 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
     }
     for defense in module.defenses:
         metrics.update({f"{defense.name}/{k}": float(v) for k, v in defense.metrics().items()})
+    metrics.update({k: float(v) for k, v in tested.items() if k.startswith("test_exit_")})  # internal classifiers
     # the resolved defense settings (e.g. a calibrated clip) are known only after training starts
     config_record["resolved"] = _resolved(module, data)
     atomic_write_yaml(run_dir / CONFIG_FILE, config_record)

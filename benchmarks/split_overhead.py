@@ -1,0 +1,101 @@
+"""Split training's overhead over a plain PyTorch loop: same model, weights and batches.
+
+(a) the whole model as one module, one Adam optimizer, a plain loop;
+(b) splitpriv's split training step (client/server optimizers, detach at the cut, gradient sent
+    back) driven by Lightning, no defense.
+
+Both run interleaved, batch by batch, in one process (the machine is shared and noisy), and the
+script prints the ratio of median per-step times (b)/(a) over >= 30 steps after warm-up. The
+ideal is 1.00: the split adds no arithmetic, only the bookkeeping of the cut.
+
+    python benchmarks/split_overhead.py [--steps 40] [--accelerator cpu|gpu]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from splitpriv.config import OptimizerConfig
+from splitpriv.data import DataConfig, make_splits
+from splitpriv.experiment import quiet_lightning
+from splitpriv.models import build_model
+from splitpriv.training import SplitLearningModule
+
+
+class InterleavedTimer(L.Callback):
+    """Before each split step, times one plain step of a twin model on the same batch."""
+
+    def __init__(self, plain_model: torch.nn.Module, warmup: int, sync):
+        self.plain_model, self.warmup, self.sync = plain_model, warmup, sync
+        self.plain_optimizer = torch.optim.Adam(plain_model.parameters(), lr=1e-3)
+        self.plain_times: list[float] = []
+        self.split_times: list[float] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        x, y = batch
+        self.sync()
+        started = time.perf_counter()
+        self.plain_optimizer.zero_grad()
+        F.cross_entropy(self.plain_model(x), y).backward()
+        self.plain_optimizer.step()
+        self.sync()
+        if batch_idx >= self.warmup:
+            self.plain_times.append(time.perf_counter() - started)
+        self._split_started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.sync()
+        if batch_idx >= self.warmup:
+            self.split_times.append(time.perf_counter() - self._split_started)
+
+
+def measure(label: str, model, cut: int, inputs, labels, batch_size: int, steps: int, warmup: int, accelerator: str):
+    device = "cuda" if accelerator == "gpu" else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    plain_model = copy.deepcopy(model).to(device)
+    module = SplitLearningModule(model, cut, int(labels.max()) + 1, OptimizerConfig(), OptimizerConfig())
+    timer = InterleavedTimer(plain_model, warmup, sync)
+    n = batch_size * (steps + warmup)
+    repeat = -(-n // len(inputs))
+    loader = DataLoader(TensorDataset(inputs.repeat(repeat, 1, 1, 1)[:n], labels.repeat(repeat)[:n]),
+                        batch_size=batch_size, shuffle=False)
+    trainer = L.Trainer(max_epochs=1, accelerator=accelerator, devices=1, logger=False, callbacks=[timer],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, loader)
+    plain, split = statistics.median(timer.plain_times), statistics.median(timer.split_times)
+    print(f"{label:<34} steps={len(timer.split_times):>3}  plain {plain * 1e3:8.2f} ms  split {split * 1e3:8.2f} ms"
+          f"  ratio (b)/(a) = {split / plain:.3f}")
+    return split / plain
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
+    args = parser.parse_args()
+    quiet_lightning()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, accelerator {args.accelerator}")
+
+    digits = make_splits(DataConfig(), seed=0)
+    inputs, labels = digits.dataset("private_train").tensors
+    model = build_model("small_cnn", 10, 1, 8)
+    measure("small_cnn / digits (batch 64)", model, model.default_cut(), inputs, labels, 64, args.steps, args.warmup,
+            args.accelerator)
+
+    vgg = build_model("vgg16", 10, 3, 32)
+    random_images = torch.randn(16 * 4, 3, 32, 32)  # timing does not depend on pixel values
+    measure("vgg16 / 32x32 (batch 16)", vgg, vgg.default_cut(), random_images, torch.arange(64) % 10, 16,
+            args.steps, args.warmup, args.accelerator)
+
+
+if __name__ == "__main__":
+    main()

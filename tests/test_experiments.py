@@ -1,0 +1,26 @@
+"""Every shipped YAML run config is valid (sweep and plan configs are checked by their own tests)."""
+from pathlib import Path
+
+import pytest
+
+from splitpriv.config import load_run_config
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+RUN_CONFIGS = sorted(p for p in EXPERIMENTS.glob("*.yaml") if not any(k in p.stem for k in ("sweep", "plan", "cost")))
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
+def test_run_config_is_valid(path):
+    cfg = load_run_config(path)
+    assert cfg.data.dataset and cfg.model.name
+    if cfg.defenses:
+        from defenses import build_defenses
+
+        build_defenses(cfg.defenses)
+
+
+def test_vgg_config_cut_exists():
+    from splitpriv.models import build_model
+
+    cfg = load_run_config(EXPERIMENTS / "cifar10_vgg16.yaml")
+    assert build_model(cfg.model.name, 10, 3, 32).cut_name(cfg.model.cut_layer) == "features_9_pool"
