@@ -38,4 +38,22 @@ def build_defenses(specs: list[dict]) -> list[Defense]:
     return [build_defense(spec, f"defenses[{i}]") for i, spec in enumerate(specs)]
 
 
-__all__ = ["CutContext", "Defense", "DEFENSES", "register_defense", "build_defense", "build_defenses"]
+from defenses.decoder_reconstruction import DecoderReconstruction  # noqa: E402  (the registry lines)
+from defenses.distance_correlation import DistanceCorrelation, distance_correlation  # noqa: E402
+from defenses.dp_noise import DPNoise  # noqa: E402
+from defenses.dp_sgd import DPSGD  # noqa: E402
+
+for _defense in (DistanceCorrelation, DecoderReconstruction, DPNoise, DPSGD):
+    register_defense(_defense)
+
+
+# compressions of the message share the Defense interface, so they compose in the same list
+from splitpriv.compression import Bottleneck, Quantize, TopK  # noqa: E402
+
+register_defense(Quantize)
+register_defense(TopK)
+register_defense(Bottleneck)
+
+
+__all__ = ["CutContext", "Defense", "DEFENSES", "register_defense", "build_defense", "build_defenses",
+           "DistanceCorrelation", "DecoderReconstruction", "DPNoise", "DPSGD", "distance_correlation"]

@@ -7,7 +7,10 @@ A defense may
   (c) own trainable parts with their own optimizer and update step (``configure_optimizer``,
       ``update``), e.g. a simulated attacker's decoder,
   (d) report its own metrics (``metrics``),
-and prepare itself once the split model and the private training data are known (``setup``).
+and prepare itself once the split model exists (``build``, also when a run is loaded) and once the
+private training data is known (``setup``). DP-SGD also replaces the private training loader
+(``train_loader``) and wraps the client's optimizer (``configure_client``); all hooks are no-ops
+by default.
 
 Adding a defense is one file with a ``Defense`` subclass plus one line in ``defenses/__init__.py``.
 """
@@ -41,8 +44,20 @@ class Defense(nn.Module):
     active_at_inference: ClassVar[bool] = False
     randomized: ClassVar[bool] = False  # a fresh draw per query (attacks then use a noise-aware attacker)
 
+    def build(self, module: "SplitLearningModule", input_shape: tuple[int, ...]) -> None:
+        """Called once the split module exists, in training and in ``load_run``: create parts whose
+        shape depends on the cut (a decoder) or adapt the client (BatchNorm -> GroupNorm)."""
+
     def setup(self, module: "SplitLearningModule", private_train: torch.utils.data.Dataset) -> None:
         """Called once before training with the split module and the private training inputs."""
+
+    def train_loader(self, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+        """The private training loader to use instead of ``loader`` (e.g. Poisson sampling for DP-SGD)."""
+        return loader
+
+    def configure_client(self, module: "SplitLearningModule", optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """The client's optimizer to use instead of ``optimizer`` (e.g. a per-sample-clipping DP optimizer)."""
+        return optimizer
 
     def transform(self, message: torch.Tensor) -> torch.Tensor:
         """Map the message before it is sent (training, and inference if ``active_at_inference``)."""
@@ -59,6 +74,12 @@ class Defense(nn.Module):
     def update(self, context: CutContext, optimizer: torch.optim.Optimizer | None) -> None:
         """One step of the defense's own trainable parts, after the client's step."""
 
+    def wire_bytes_per_sample(self, tensor: torch.Tensor, backward: bool = False) -> float | None:
+        """Bytes one sample of ``tensor`` (the message, or its gradient when ``backward``) takes on
+        the wire when this transform is the last to shape it, e.g. a compression's serialised
+        size; None: sent as dense floats."""
+        return None
+
     def metrics(self) -> dict[str, float]:
         """Values to log (prefixed with the defense name), e.g. dcor, decoder MSE, spent epsilon."""
         return {}
@@ -66,3 +87,28 @@ class Defense(nn.Module):
     def config(self) -> dict[str, Any]:
         """The resolved parameters recorded in the run's config.yaml (e.g. a calibrated clip)."""
         return {}
+
+
+def is_number(value: Any) -> bool:
+    """An int or float, not a bool: what numeric defense parameters must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class StepMean:
+    """Mean of a per-step value since the last read: one epoch's mean when read at epoch end.
+
+    Reading twice without new steps returns the same value (metrics are read at the end of the
+    last epoch and again for metrics.json)."""
+
+    def __init__(self):
+        self.total, self.count, self.last = 0.0, 0, float("nan")
+
+    def add(self, value: float) -> None:
+        self.total += float(value)
+        self.count += 1
+
+    def read(self) -> float:
+        if self.count:
+            self.last = self.total / self.count
+            self.total, self.count = 0.0, 0
+        return self.last

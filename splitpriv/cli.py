@@ -12,7 +12,7 @@ import sys
 
 from splitpriv.errors import SplitprivError
 
-COMMANDS = ["train", "attack", "sweep", "compare", "profile", "plan", "exits"]
+COMMANDS = ["train", "attack", "sweep", "compare", "profile", "plan", "cost", "exits", "lighten"]
 
 
 def _available_commands() -> dict:
@@ -26,6 +26,15 @@ def _available_commands() -> dict:
     return modules
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows real defaults; a None default means "from the config file", so it is not shown."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="splitpriv",
@@ -35,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in _available_commands().items():
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP,
-                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                    formatter_class=_HelpFormatter)
         module.add_arguments(sub)
         sub.set_defaults(handler=module.run, parser=sub)
     return parser

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import yaml
+from torch import nn
 
 from splitpriv.errors import SplitprivError
 
@@ -43,6 +44,21 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 
 def atomic_write_yaml(path: str | Path, data: Any) -> None:
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def atomic_save_figure(figure, path: str | Path, dpi: int = 120) -> None:
+    """Save a matplotlib figure through a temporary file and a rename, then close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    try:
+        figure.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        plt.close(figure)
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_append_line(path: str | Path, line: str) -> None:
@@ -120,6 +136,29 @@ class Run:
     def send(self, inputs: torch.Tensor, training: bool = False) -> torch.Tensor:
         """The message the server receives for ``inputs``, as deployed (defenses active at inference)."""
         return self.module.send(inputs, training=training)[1]
+
+    def recut(self, cut_layer: int | str) -> "Run":
+        """The same trained network cut at ``cut_layer`` (sharing its weights).
+
+        An undefended network computes the same function wherever it is cut, so one training
+        serves every cut: accuracy is unchanged, the message (and its size) is the new cut's.
+        A defended run cannot be recut: its defenses were trained for, and act at, its own cut.
+        """
+        if self.defenses:
+            raise SplitprivError(f"run {self.path} has defenses ({', '.join(d.name for d in self.defenses)}) trained "
+                                 f"at cut {self.cut_layer}; only an undefended run can be recut")
+        from splitpriv.training import SplitLearningModule, bytes_per_sample
+
+        old = self.module
+        module = SplitLearningModule(self.model, cut_layer, self.data.info.num_classes, old.client_optimizer_cfg,
+                                     old.server_optimizer_cfg, exit_heads=nn.ModuleDict({**old.client_exits, **old.server_exits}),
+                                     exit_weights=old.exit_weights).eval()
+        message_bytes = bytes_per_sample(module.send(torch.zeros(1, *self.data.info.input_shape), training=False)[1])
+        module.activation_bytes_per_sample = module.gradient_bytes_per_sample = message_bytes
+        metrics = {**self.metrics, "cut_layer": module.cut_layer, "cut_name": module.cut_name,
+                   "activation_bytes_per_sample": message_bytes, "gradient_bytes_per_sample": message_bytes}
+        resolved = {**self.resolved, "cut_layer": module.cut_layer, "cut_name": module.cut_name}
+        return Run(self.path, self.config, resolved, metrics, module, self.data)
 
 
 def load_run(path: str | Path) -> Run:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from splitpriv.config import RunConfig, load_run_config
+from splitpriv.errors import SplitprivError
 
 # flag destination -> dotted config key
 RUN_FLAGS = {
@@ -18,8 +19,18 @@ RUN_FLAGS = {
 }
 
 
+# flag destination -> parameter of the one defense named by --defense
+DEFENSE_FLAGS = ("weight", "capacity", "penalty", "ssim_threshold", "max_task_loss", "decoder_lr",
+                 "mechanism", "epsilon", "delta", "clip", "output_bound",
+                 "noise_multiplier", "target_epsilon", "max_grad_norm", "accountant")
+
+
 def cut_value(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
+
+
+def clip_value(text: str) -> float | str:
+    return text if text == "median" else float(text)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,20 +50,37 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--cut-layer", type=cut_value, help="cut index or block name (default: a middle cut)")
     model.add_argument("--plugin", action="append", help="python file registering models/defenses/attacks (repeatable)")
     training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=int)
-    training.add_argument("--batch-size", type=int)
+    training.add_argument("--epochs", type=int, help="training epochs (>= 1; default 15)")
+    training.add_argument("--batch-size", type=int, help="samples per step (>= 1; default 64)")
     training.add_argument("--lr", type=float, help="learning rate of both client and server optimizers")
-    training.add_argument("--client-lr", type=float)
-    training.add_argument("--server-lr", type=float)
-    training.add_argument("--seed", type=int)
+    training.add_argument("--client-lr", type=float, help="learning rate of the client optimizer only")
+    training.add_argument("--server-lr", type=float, help="learning rate of the server optimizer only")
+    training.add_argument("--seed", type=int, help="seed of data splits, weights and shuffles (default 0)")
     training.add_argument("--threads", type=int, help="CPU threads for torch")
+    defense = parser.add_argument_group("defense (one; several: a 'defenses:' list in --config)")
+    defense.add_argument("--defense", help="distance_correlation, decoder_reconstruction, dp_noise, dp_sgd (replaces the config's list)")
+    defense.add_argument("--weight", type=float, help="distance_correlation / decoder_reconstruction: privacy term weight >= 0")
+    defense.add_argument("--capacity", help="decoder_reconstruction: simulated attacker size small, medium, large")
+    defense.add_argument("--penalty", help="decoder_reconstruction: mse (survey) or ssim (ResSFL)")
+    defense.add_argument("--ssim-threshold", type=float, help="decoder_reconstruction --penalty ssim: penalise SSIM above it")
+    defense.add_argument("--max-task-loss", type=float, help="decoder_reconstruction: skip the privacy term when CE exceeds it")
+    defense.add_argument("--decoder-lr", type=float, help="decoder_reconstruction: the simulated attacker's learning rate")
+    defense.add_argument("--mechanism", help="dp_noise: laplace or gaussian")
+    defense.add_argument("--epsilon", type=float, help="dp_noise: privacy budget per query, > 0")
+    defense.add_argument("--delta", type=float, help="dp_noise (gaussian) / dp_sgd: delta in (0, 1)")
+    defense.add_argument("--clip", type=clip_value, help="dp_noise: clipping norm C > 0 or 'median' (calibrated on the private data)")
+    defense.add_argument("--output-bound", type=float, help="dp_noise: clamp the noisy message to [-bound, bound]")
+    defense.add_argument("--noise-multiplier", type=float, help="dp_sgd: noise std / max grad norm, > 0")
+    defense.add_argument("--target-epsilon", type=float, help="dp_sgd: spend at most this epsilon (instead of --noise-multiplier)")
+    defense.add_argument("--max-grad-norm", type=float, help="dp_sgd: per-sample gradient clipping norm")
+    defense.add_argument("--accountant", help="dp_sgd: rdp (default), prv or gdp")
     output = parser.add_argument_group("output")
     output.add_argument("--out", help="folder for run folders (default: runs)")
     output.add_argument("--name", help="run folder name (default: dataset-model-cut-seed)")
     output.add_argument("--wandb-mode", choices=["online", "offline", "disabled"],
                         help="default: offline unless wandb is configured with an API key")
-    output.add_argument("--wandb-project")
-    output.add_argument("--wandb-group")
+    output.add_argument("--wandb-project", help="wandb project (default: splitpriv)")
+    output.add_argument("--wandb-group", help="wandb group of the run(s)")
 
 
 def run_overrides(args: argparse.Namespace) -> dict:
@@ -65,5 +93,23 @@ def run_overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
+def defense_spec_from_args(args: argparse.Namespace) -> list[dict] | None:
+    """``--defense NAME --epsilon 8 ...`` -> ``[{name: NAME, epsilon: 8, ...}]``; None without --defense.
+
+    Parameters the named defense does not take are refused when the defense is built."""
+    given = {flag: getattr(args, flag) for flag in DEFENSE_FLAGS if getattr(args, flag, None) is not None}
+    if getattr(args, "defense", None) is None:
+        if given:
+            flag = "--" + next(iter(given)).replace("_", "-")
+            raise SplitprivError(f"{flag} sets a defense parameter: name the defense with --defense "
+                                 f"(e.g. --defense dp_noise {flag} ...)")
+        return None
+    return [{"name": args.defense, **given}]
+
+
 def config_from_args(args: argparse.Namespace, extra_overrides: dict | None = None) -> RunConfig:
-    return load_run_config(args.config, {**run_overrides(args), **(extra_overrides or {})})
+    overrides = run_overrides(args)
+    defenses = defense_spec_from_args(args)
+    if defenses is not None:
+        overrides["defenses"] = defenses
+    return load_run_config(args.config, {**overrides, **(extra_overrides or {})})

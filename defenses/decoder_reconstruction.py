@@ -1,0 +1,114 @@
+"""Attacker-aware training: a simulated inversion decoder the client learns to defeat.
+
+A decoder D (``splitpriv.decoders.build_decoder``) is trained alternately with the client, on
+its own optimizer, to reconstruct the input from the message: ``min_D MSE(D(z), x)``. The client
+then plays against it. Two objectives:
+
+* ``penalty: mse`` - the survey's formulation (Sec. 2.2.2)::
+
+      min_client  w_CE * CE(y_hat, y) - w_p * MSE(D(z), x)
+
+* ``penalty: ssim`` - ResSFL (Li et al., CVPR 2022): penalise reconstructions only while they
+  are better than a target similarity::
+
+      min_client  w_CE * CE(y_hat, y) + w_p * max(0, SSIM(D(z), x) - ssim_threshold)
+
+``weight`` is w_p / w_CE (the cross-entropy enters through the server's gradient with weight 1).
+Accuracy guard (``max_task_loss``): when the batch's cross-entropy exceeds it, the privacy term
+is skipped for that step; ``skip_rate`` reports the share of skipped steps.
+
+``x`` is the input min-max scaled per channel to [0, 1] over the private training data (for
+images spanning 0..255 exactly the [0, 1] image the attacks score), the range the decoder's
+sigmoid output covers. The defense changes training only: the deployed client sends plain
+activations.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from defenses.base import CutContext, Defense, StepMean, is_number
+from splitpriv.decoders import CAPACITIES, build_decoder
+from splitpriv.errors import ConfigError
+
+PENALTIES = ("mse", "ssim")
+
+
+class DecoderReconstruction(Defense):
+    """Alternating game against a simulated attacker decoder (its optimizer: Adam, ``decoder_lr``)."""
+
+    name = "decoder_reconstruction"
+
+    def __init__(self, weight: float = 1.0, capacity: str = "small", penalty: str = "mse", ssim_threshold: float = 0.5,
+                 max_task_loss: float | None = None, decoder_lr: float = 1e-3):
+        super().__init__()
+        if not is_number(weight) or weight < 0:
+            raise ConfigError("weight", weight, "a number >= 0 (w_p relative to the cross-entropy)")
+        if capacity not in CAPACITIES:
+            raise ConfigError("capacity", capacity, f"one of {sorted(CAPACITIES)}")
+        if penalty not in PENALTIES:
+            raise ConfigError("penalty", penalty, f"one of {list(PENALTIES)}")
+        if not is_number(ssim_threshold) or not -1 <= ssim_threshold <= 1:
+            raise ConfigError("ssim_threshold", ssim_threshold, "a number in [-1, 1] (SSIM's range)")
+        if max_task_loss is not None and (not is_number(max_task_loss) or max_task_loss <= 0):
+            raise ConfigError("max_task_loss", max_task_loss, "a cross-entropy > 0, or null for no accuracy guard")
+        if not is_number(decoder_lr) or decoder_lr <= 0:
+            raise ConfigError("decoder_lr", decoder_lr, "a learning rate > 0")
+        self.weight, self.capacity, self.penalty = float(weight), capacity, penalty
+        self.ssim_threshold, self.max_task_loss, self.decoder_lr = float(ssim_threshold), max_task_loss, float(decoder_lr)
+        self.decoder: torch.nn.Module | None = None
+        # per-channel range of the private inputs, mapping them to the decoder's [0, 1] output
+        self.register_buffer("input_low", torch.zeros(()))
+        self.register_buffer("input_high", torch.ones(()))
+        self._reconstruction_mse, self._skipped = StepMean(), StepMean()
+
+    def build(self, module, input_shape) -> None:
+        was_training = module.client.training
+        with torch.no_grad():
+            message_shape = module.client.eval()(torch.zeros(1, *input_shape)).shape[1:]
+        module.client.train(was_training)
+        self.decoder = build_decoder(message_shape, input_shape, self.capacity)
+        channels = (1, input_shape[0], 1, 1)
+        self.input_low, self.input_high = torch.zeros(channels), torch.ones(channels)
+
+    @torch.no_grad()
+    def setup(self, module, private_train) -> None:
+        inputs = private_train.tensors[0] if hasattr(private_train, "tensors") else torch.stack([x for x, _ in private_train])
+        self.input_low.copy_(inputs.amin(dim=(0, 2, 3)).view_as(self.input_low))
+        self.input_high.copy_(inputs.amax(dim=(0, 2, 3)).view_as(self.input_high))
+
+    def unit_range(self, inputs: torch.Tensor) -> torch.Tensor:
+        return ((inputs - self.input_low) / (self.input_high - self.input_low).clamp_min(1e-12)).clamp(0, 1)
+
+    # ------------------------------------------------------------------ the client's side
+    def client_loss(self, context: CutContext) -> torch.Tensor | None:
+        guarded = self.max_task_loss is not None and float(context.task_loss) > self.max_task_loss
+        self._skipped.add(guarded)
+        if guarded or self.weight == 0:
+            return None
+        reconstruction, target = self.decoder(context.message), self.unit_range(context.inputs)
+        if self.penalty == "mse":
+            return -self.weight * F.mse_loss(reconstruction, target)
+        side = min(target.shape[-2:])
+        window = min(11, side if side % 2 else side - 1)  # SSIM's 11x11 window, shrunk for tiny images (digits: 8x8)
+        similarity = structural_similarity_index_measure(reconstruction, target, data_range=1.0, kernel_size=window)
+        return self.weight * (similarity - self.ssim_threshold).clamp_min(0)
+
+    # ------------------------------------------------------------------ the attacker's side
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.decoder.parameters(), lr=self.decoder_lr)
+
+    def update(self, context: CutContext, optimizer: torch.optim.Optimizer | None) -> None:
+        optimizer.zero_grad()  # also drops what the client's loss left on the decoder
+        loss = F.mse_loss(self.decoder(context.message.detach()), self.unit_range(context.inputs))
+        loss.backward()
+        optimizer.step()
+        self._reconstruction_mse.add(loss.detach())
+
+    def metrics(self) -> dict[str, float]:
+        return {"reconstruction_mse": self._reconstruction_mse.read(), "skip_rate": self._skipped.read()}
+
+    def config(self) -> dict:
+        return {"weight": self.weight, "capacity": self.capacity, "penalty": self.penalty,
+                "ssim_threshold": self.ssim_threshold, "max_task_loss": self.max_task_loss, "decoder_lr": self.decoder_lr}

@@ -1,0 +1,144 @@
+"""DP-SGD on the client partition with Opacus (Abadi et al., CCS 2016).
+
+Only the client's parameters - the part trained on the private data's device - are made private;
+the server trains normally (the pattern Opacus' maintainers give in opacus#615). Each step::
+
+    g_i   = grad_client l(x_i)                        per-sample gradients (GradSampleModule)
+    g_i'  = g_i / max(1, ||g_i||_2 / C)               C = ``max_grad_norm``
+    g     = (sum_i g_i' + N(0, sigma^2 C^2 I)) / B    sigma = ``noise_multiplier``, B the expected batch size
+
+on Poisson-sampled batches (sample rate q = batch_size / N), so that the accountant's analysis
+holds; after T steps the accountant (``rdp``, ``prv`` or ``gdp``) gives the spent epsilon for
+``delta``. With ``target_epsilon``, sigma is the smallest Opacus finds to spend at most that
+budget over the configured epochs.
+
+Per-sample gradients cross the cut: the server returns dL/dz_i = (1/B) dl_i/dz_i for the mean
+loss L; the client back-propagates ``<z, dL/dz>``, and Opacus (``loss_reduction="mean"``) scales
+the per-sample gradients by B back to dl_i/dtheta before clipping.
+
+It never trains silently without privacy (opacus#313): sigma must be > 0, defenses whose loss
+couples the samples of a batch are refused (their gradient has no per-sample bound), and
+BatchNorm in the client (which mixes samples) is replaced by GroupNorm (``ModuleValidator.fix``).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from opacus import GradSampleModule
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+from opacus.data_loader import DPDataLoader
+from opacus.optimizers import DPOptimizer
+from opacus.validators import ModuleValidator
+
+from defenses.base import Defense, is_number
+from splitpriv.errors import ConfigError, SplitprivError
+
+log = logging.getLogger("splitpriv")
+ACCOUNTANTS = ("rdp", "prv", "gdp")
+
+
+class DPSGD(Defense):
+    """Opacus DP-SGD for the client's optimizer; spent epsilon in the metrics every epoch.
+
+    Args:
+        noise_multiplier: sigma > 0 (noise std / ``max_grad_norm``); default 1.0 unless ``target_epsilon``.
+        target_epsilon: spend at most this epsilon over the run's epochs (sigma computed by Opacus).
+        max_grad_norm: the per-sample gradient clipping norm C > 0.
+        delta: in (0, 1), e.g. below 1 / (number of private training samples).
+        accountant: ``rdp`` (default), ``prv`` or ``gdp``.
+    """
+
+    name = "dp_sgd"
+
+    def __init__(self, noise_multiplier: float | None = None, target_epsilon: float | None = None,
+                 max_grad_norm: float = 1.0, delta: float = 1e-5, accountant: str = "rdp"):
+        super().__init__()
+        if noise_multiplier is not None and target_epsilon is not None:
+            raise ConfigError("target_epsilon", target_epsilon, "null when noise_multiplier is given (give one of the two)")
+        if noise_multiplier is not None and (not is_number(noise_multiplier) or noise_multiplier <= 0):
+            raise ConfigError("noise_multiplier", noise_multiplier, "a number > 0 (0 would train without privacy)")
+        if target_epsilon is not None and (not is_number(target_epsilon) or target_epsilon <= 0):
+            raise ConfigError("target_epsilon", target_epsilon, "a number > 0")
+        if not is_number(max_grad_norm) or max_grad_norm <= 0:
+            raise ConfigError("max_grad_norm", max_grad_norm, "a number > 0 (the per-sample clipping norm C)")
+        if not is_number(delta) or not 0 < delta < 1:
+            raise ConfigError("delta", delta, "a number in (0, 1), below 1 / (private training samples)")
+        if accountant not in ACCOUNTANTS:
+            raise ConfigError("accountant", accountant, f"one of {list(ACCOUNTANTS)}")
+        self.noise_multiplier = None if target_epsilon is not None else float(noise_multiplier or 1.0)
+        self.target_epsilon, self.max_grad_norm, self.delta = target_epsilon, float(max_grad_norm), float(delta)
+        self.accountant_name = accountant
+        self.accountant = create_accountant(accountant)
+        self.sample_rate: float | None = None
+        self.expected_batch_size: int | None = None
+
+    # ------------------------------------------------------------------ before training
+    def build(self, module, input_shape) -> None:
+        """Replace BatchNorm in the client by GroupNorm, in the client and in the whole model."""
+        if ModuleValidator.is_valid(module.client):
+            return
+        fixed = ModuleValidator.fix(module.client)
+        problems = ModuleValidator.validate(fixed, strict=False)
+        if problems:
+            raise SplitprivError(f"dp_sgd: the client part cannot get per-sample gradients: {problems}; "
+                                 f"choose an earlier cut or another model")
+        log.info("dp_sgd: BatchNorm in the client replaced by GroupNorm (opacus ModuleValidator.fix)")
+        module.client = fixed
+        for name, block in fixed.named_children():  # the model keeps sharing the client's blocks
+            setattr(module.model.blocks, name, block)
+
+    def setup(self, module, private_train) -> None:
+        coupled = [d.name for d in module.defenses if type(d).client_loss is not Defense.client_loss]
+        if coupled:
+            raise ConfigError("defenses", coupled, "no defense with a client loss term next to dp_sgd: those terms "
+                              "couple the samples of a batch, so per-sample clipping would not bound them")
+        if len(module.client_exits):
+            raise ConfigError("exits.at", list(module.client_exits), "no early exit in the client next to dp_sgd "
+                              "(per-sample gradients cover the client's blocks only): exits after the cut")
+
+    def train_loader(self, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+        """Poisson sampling with rate q = 1 / len(loader), which the accountants assume."""
+        self.sample_rate, self.expected_batch_size = 1 / len(loader), loader.batch_size
+        return DPDataLoader.from_data_loader(loader, generator=loader.generator)
+
+    def configure_client(self, module, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        if self.sample_rate is None:
+            raise RuntimeError("dp_sgd: train_loader() must wrap the private training loader before training")
+        # hooks on the client's layers record per-sample gradients; the client itself is not replaced,
+        # so its state dict and the model's stay as they are
+        object.__setattr__(self, "_grad_sample_module", GradSampleModule(module.client, batch_first=True, loss_reduction="mean"))
+        if self.noise_multiplier is None:
+            self.noise_multiplier = get_noise_multiplier(
+                target_epsilon=self.target_epsilon, target_delta=self.delta, sample_rate=self.sample_rate,
+                epochs=module.trainer.max_epochs, accountant=self.accountant_name)
+        dp_optimizer = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
+                                   expected_batch_size=self.expected_batch_size, loss_reduction="mean")
+        dp_optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
+        return dp_optimizer
+
+    # ------------------------------------------------------------------ accounting
+    @property
+    def steps(self) -> int:
+        return sum(steps for _, _, steps in self.accountant.history)
+
+    def spent_epsilon(self) -> float:
+        return self.accountant.get_epsilon(delta=self.delta) if self.accountant.history else 0.0
+
+    def metrics(self) -> dict[str, float]:
+        return {"epsilon": self.spent_epsilon(), "delta": self.delta, "steps": float(self.steps),
+                "noise_multiplier": float(self.noise_multiplier or float("nan"))}
+
+    def config(self) -> dict:
+        return {"noise_multiplier": self.noise_multiplier, "target_epsilon": self.target_epsilon,
+                "max_grad_norm": self.max_grad_norm, "delta": self.delta, "accountant": self.accountant_name,
+                "sample_rate": self.sample_rate, "poisson_sampling": True}
+
+    # the accountant's history travels in checkpoints: load_run and --resume keep the spent epsilon
+    def get_extra_state(self):
+        return {"history": [list(entry) for entry in self.accountant.history], "noise_multiplier": self.noise_multiplier}
+
+    def set_extra_state(self, state) -> None:
+        self.accountant.history = [tuple(entry) for entry in state["history"]]
+        self.noise_multiplier = state["noise_multiplier"]

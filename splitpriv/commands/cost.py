@@ -1,0 +1,110 @@
+"""``splitpriv cost``: the survey's IaaS-vs-hybrid cost experiment (Sec. 2.2.3) across SLOs."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+from pathlib import Path
+
+HELP = "cost study: a large VM alone vs. a small VM offloading to a serverless function, across SLOs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="cost study YAML (default: experiments/cost_c6i_lambda.yaml's settings)")
+    parser.add_argument("--catalogue", action="append", default=[], help="YAML adding or overriding devices and prices")
+    parser.add_argument("--out", help="output folder for cost.csv (default: runs/cost-<study name>)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from splitpriv.catalogue import load_catalogue
+    from splitpriv.config import from_dict, load_yaml
+    from splitpriv.cost import CostStudy, run_study
+    from splitpriv.data import dataset_shape
+    from splitpriv.errors import ConfigError
+    from splitpriv.models import build_model
+    from splitpriv.profiling import BYTES_PER_ELEMENT, profile_blocks
+
+    study = from_dict(CostStudy, load_yaml(args.config) if args.config else {})
+    study.validate()
+    catalogue = load_catalogue(study.catalogue + args.catalogue)
+    large, small = catalogue.device(study.large_vm, "large_vm"), catalogue.device(study.small_vm, "small_vm")
+    function, link = catalogue.function(study.function, "function"), catalogue.link(study.link, "link")
+
+    num_classes, input_shape = dataset_shape(study.dataset)
+    model = build_model(study.model, num_classes, input_shape[0], input_shape[-1])
+    blocks = profile_blocks(model, input_shape, batch_size=1)
+    names = [b.name for b in blocks]
+    for name in study.partition_after:
+        if name not in names[:-1]:
+            raise ConfigError("partition_after", name, f"block names of {study.model} before the last: {names[:-1]}")
+    ends = sorted(names.index(n) for n in study.partition_after) + [len(blocks) - 1]
+    starts = [0] + [e + 1 for e in ends[:-1]]
+    partition_flops = [sum(b.flops_forward for b in blocks[s: e + 1]) for s, e in zip(starts, ends)]
+    message_bytes = [blocks[e].output_elements * BYTES_PER_ELEMENT["fp32"] for e in ends[:-1]]
+    if study.reach_rates is not None and len(study.reach_rates) != len(partition_flops):
+        raise ConfigError("reach_rates", study.reach_rates, f"{len(partition_flops)} shares, one per partition")
+
+    _print_assumptions(study, large, small, function, link, partition_flops, message_bytes)
+    rows = run_study(study, partition_flops, message_bytes, large, small, function,
+                     link.bandwidth_bytes_per_s, link.rtt_s)
+    _print_rows(rows)
+    out = Path(args.out or f"runs/cost-{study.name}")
+    _write_csv(rows, out / "cost.csv")
+    print(f"\nwrote {out / 'cost.csv'}")
+    return 0
+
+
+def _print_assumptions(study, large, small, function, link, partition_flops, message_bytes) -> None:
+    reach = study.reach_rates or [1.0] * len(partition_flops)
+    print(f"cost study {study.name}: {study.model} on {study.dataset}, one request = one input, "
+          f"{len(partition_flops)} partitions (internal classifiers after {', '.join(study.partition_after) or '-'})")
+    print("assumptions (edit the YAML or the catalogue to change them):")
+    print("  partition GFLOP: " + ", ".join(f"{f / 1e9:.3f}" for f in partition_flops)
+          + "; internal classifiers' FLOPs neglected")
+    print("  messages between partitions (fp32 bytes): " + ", ".join(f"{b:,}" for b in message_bytes))
+    print("  reach rates beta: " + ", ".join(f"{b:g}" for b in reach)
+          + (" (conservative: every request traverses the whole network)" if all(b == 1 for b in reach) else ""))
+    for vm in (large, small):
+        print(f"  {vm.name}: ${vm.price_per_hour}/h, mu = {vm.flops_per_s / 1e9:.1f} GFLOP/s (catalogue)")
+    print(f"  {function.name}: {function.memory_mb:g} MB, ${function.price_per_gb_s}/GB-s, ${function.price_per_request}/request, "
+          f"mu = {function.flops_per_s / 1e9:.1f} GFLOP/s, cold start {function.cold_start_s:g} s x cold-start rate "
+          f"{study.cold_start_rate:g}")
+    print(f"  VM -> function link {link.name}: {link.bandwidth_bytes_per_s * 8 / 1e6:g} Mbit/s, RTT {link.rtt_s * 1e3:g} ms")
+    print(f"  r_max = {study.r_max:g} requests/s; accuracy {study.accuracy} vs A_tar {study.target_accuracy}")
+    print("  billing: amortised = VMs kept fully used (pay busy seconds, the survey's); "
+          "provisioned = ceil(r_max x T_I) whole VMs billed by the hour")
+
+
+def _print_rows(rows) -> None:
+    print(f"\n{'SLO ms':>7} {'billing':<11} {'alone $/1k':>10} {'alone ms':>8} {'hybrid $/1k':>11} {'hybrid ms':>9} "
+          f"{'savings':>8}  hybrid placement")
+    for row in rows:
+        alone, hybrid = row.alone.best, row.hybrid.best
+        savings = "n/a" if row.savings is None else f"{row.savings:.1%}"
+        print(f"{row.slo_s * 1e3:>7.1f} {row.billing:<11} "
+              f"{_cost(alone):>10} {_ms(alone):>8} {_cost(hybrid):>11} {_ms(hybrid):>9} {savings:>8}  "
+              f"{hybrid.placement if hybrid else 'infeasible: ' + row.hybrid.reason}"
+              + ("" if alone else f"  [alone infeasible: {row.alone.reason}]"))
+
+
+def _cost(best) -> str:
+    return "-" if best is None else f"{best.cost * 1000:.5f}"
+
+
+def _ms(best) -> str:
+    return "-" if best is None else f"{best.latency_s * 1e3:.1f}"
+
+
+def _write_csv(rows, path: Path) -> None:
+    from splitpriv.runs import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["slo_s", "billing", "alone_cost_per_1000", "alone_latency_s", "hybrid_cost_per_1000",
+                     "hybrid_latency_s", "hybrid_cutid", "hybrid_placement", "savings"])
+    for row in rows:
+        alone, hybrid = row.alone.best, row.hybrid.best
+        writer.writerow([row.slo_s, row.billing, alone and alone.cost * 1000, alone and alone.latency_s,
+                         hybrid and hybrid.cost * 1000, hybrid and hybrid.latency_s, hybrid and hybrid.cutid,
+                         hybrid.placement if hybrid else "", row.savings])
+    atomic_write_text(path, buffer.getvalue())
