@@ -105,10 +105,12 @@ def _resolved(module: SplitLearningModule, data: SplitData) -> dict:
     }
 
 
-def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = False, data: SplitData | None = None) -> Run:
+def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = False, data: SplitData | None = None,
+          tracking: dict | None = None) -> Run:
     """Train one split model and write ``<out>/<name>/``. Returns the loaded :class:`Run`.
 
     ``resume=True`` continues from ``checkpoints/last.ckpt`` of the same run folder.
+    ``tracking`` adds fields to the wandb run's config (e.g. a sweep cell's defense strength).
     """
     cfg = cfg or RunConfig()
     quiet_lightning()
@@ -132,14 +134,17 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
     for defense in module.defenses:
         train_loader = defense.train_loader(train_loader)
     loggers = [CSVLogger(str(run_dir), name="logs", version="")]
-    wandb_logger = make_wandb_logger(cfg.wandb, run_dir, run_dir.name, job_type="train", config=_wandb_config(cfg, module))
+    wandb_logger = make_wandb_logger(cfg.wandb, run_dir, run_dir.name, job_type="train",
+                                      config={**_wandb_config(cfg, module), **(tracking or {})})
     if wandb_logger is not None:
         loggers.append(wandb_logger)
     trainer = L.Trainer(
         max_epochs=cfg.training.epochs,
         accelerator=cfg.training.accelerator,
         devices=1,
-        deterministic=True,
+        # exact on CPU; on GPUs some kernels (e.g. bilinear upsampling's backward) have no
+        # deterministic version, and the flag stays set for later work in the same process
+        deterministic=True if cfg.training.accelerator == "cpu" else "warn",
         logger=loggers,
         callbacks=[ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0)],
         enable_progress_bar=cfg.training.progress_bar,

@@ -149,6 +149,8 @@ def load_sweep(folder: str | Path, model: str, dataset: str) -> SweepResults:
     grouped: dict[tuple[int, str, str], list[dict]] = {}
     with frontier.open() as handle:
         for row in csv.DictReader(handle):
+            if row.get("compression", "none") != "none" or row.get("exits", "none") != "none":
+                continue  # adaptation cells; measured adaptations enter through compression_runs / exits_run
             try:
                 key = (int(row["cut_layer"]), row["defense"], row["strength"])
                 grouped.setdefault(key, []).append(row)

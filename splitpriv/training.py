@@ -21,6 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from defenses.base import CutContext, Defense
 from splitpriv.config import OptimizerConfig
+from splitpriv.exits import ExitWeights, run_blocks
 from splitpriv.models import SplitModel
 
 
@@ -46,6 +47,8 @@ class SplitLearningModule(L.LightningModule):
         client_optimizer: OptimizerConfig | None = None,
         server_optimizer: OptimizerConfig | None = None,
         defenses: list[Defense] | tuple[Defense, ...] = (),
+        exit_heads: nn.ModuleDict | None = None,
+        exit_weights: ExitWeights | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -56,6 +59,11 @@ class SplitLearningModule(L.LightningModule):
         self.client, self.server = model.split(self.cut_layer)
         object.__setattr__(self, "model", model)
         self.defenses = nn.ModuleList(defenses)
+        # internal classifiers (early exits): those before the cut run on, and belong to, the client
+        heads = dict(exit_heads or {})
+        self.client_exits = nn.ModuleDict({n: h for n, h in heads.items() if n in self.client._modules})
+        self.server_exits = nn.ModuleDict({n: h for n, h in heads.items() if n in self.server._modules})
+        self.exit_weights = exit_weights or ExitWeights()
         self.client_optimizer_cfg = client_optimizer or OptimizerConfig()
         self.server_optimizer_cfg = server_optimizer or OptimizerConfig()
         self.accuracy = nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(num_classes, average="micro") for s in ("train", "val", "test")})
@@ -67,12 +75,48 @@ class SplitLearningModule(L.LightningModule):
     # ------------------------------------------------------------------ what crosses the cut
     def send(self, x: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(activation, message): the client's output and what the server receives."""
-        activation = self.client(x)
+        activation, message, _ = self.client_forward(x, training)
+        return activation, message
+
+    def client_forward(self, x: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(activation, message, logits of the client's internal classifiers)."""
+        activation, exit_logits = run_blocks(self.client, self.client_exits, x)
+        return activation, self.defend(activation, training), exit_logits
+
+    def defend(self, activation: torch.Tensor, training: bool) -> torch.Tensor:
+        """The defenses and compressions at the cut, in order: activation -> message."""
         message = activation
         for defense in self.defenses:
             if training or defense.active_at_inference:
                 message = defense.transform(message)
-        return activation, message
+        return message
+
+    def wire_bytes(self, tensor: torch.Tensor, backward: bool = False, training: bool = True) -> float:
+        """Bytes per sample of the message (or, ``backward``, its gradient) on the wire: serialised
+        by the last compression that shaped it, else dense. A transform after a compression
+        (e.g. noise added to quantised values) makes the message dense again."""
+        for defense in reversed(self.defenses):
+            if not (training or defense.active_at_inference):
+                continue
+            size = defense.wire_bytes_per_sample(tensor, backward)
+            if size is not None:
+                return size
+            if type(defense).transform is not Defense.transform:
+                break
+        return bytes_per_sample(tensor)
+
+    @torch.no_grad()
+    def all_exit_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Inference as deployed, every exit evaluated: internal classifiers in order, then final."""
+        _, message, client_logits = self.client_forward(x, training=False)
+        logits, server_logits = run_blocks(self.server, self.server_exits, message)
+        return client_logits + server_logits + [logits]
+
+    def exit_loss(self, heads: nn.ModuleDict, exit_logits: list[torch.Tensor], y: torch.Tensor):
+        """sum_i tau_i * CE(f_i(x), y) over the internal classifiers of one party."""
+        epochs = self.trainer.max_epochs if self._trainer is not None else 1
+        return sum(self.exit_weights(name, self.current_epoch, epochs) * F.cross_entropy(logits, y)
+                   for name, logits in zip(heads, exit_logits))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Inference as deployed: client, defenses active at inference, server."""
@@ -80,10 +124,10 @@ class SplitLearningModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def configure_optimizers(self):
-        optimizers = [
-            make_optimizer(self.client.parameters(), self.client_optimizer_cfg),
-            make_optimizer(self.server.parameters(), self.server_optimizer_cfg),
-        ]
+        client_optimizer = make_optimizer([*self.client.parameters(), *self.client_exits.parameters()], self.client_optimizer_cfg)
+        for defense in self.defenses:  # e.g. DP-SGD wraps it with per-sample clipping and noise
+            client_optimizer = defense.configure_client(self, client_optimizer)
+        optimizers = [client_optimizer, make_optimizer([*self.server.parameters(), *self.server_exits.parameters()], self.server_optimizer_cfg)]
         self._defense_optimizer_index = {}
         for i, defense in enumerate(self.defenses):
             optimizer = defense.configure_optimizer()
@@ -96,19 +140,21 @@ class SplitLearningModule(L.LightningModule):
         x, y = batch
         optimizers = self.optimizers()
         client_opt, server_opt = optimizers[0], optimizers[1]
-        activation, message = self.send(x, training=True)
+        activation, message, client_exit_logits = self.client_forward(x, training=True)
 
         sent = message.detach().requires_grad_(True)  # the network boundary, forward
-        logits = self.server(sent)
+        logits, server_exit_logits = run_blocks(self.server, self.server_exits, sent)
         loss = F.cross_entropy(logits, y)
         server_opt.zero_grad()
-        self.manual_backward(loss)
+        self.manual_backward(loss + self.exit_loss(self.server_exits, server_exit_logits, y) if server_exit_logits else loss)
         server_opt.step()
         returned_gradient = sent.grad  # the network boundary, backward
 
         context = CutContext(x, y, activation, message, loss.detach())
         # d/d(message) of <message, g> is g: the client back-propagates exactly what it received.
         client_objective = (message * returned_gradient).sum()
+        if client_exit_logits:
+            client_objective = client_objective + self.exit_loss(self.client_exits, client_exit_logits, y)
         for defense in self.defenses:
             extra = defense.client_loss(context)
             if extra is not None:
@@ -122,8 +168,8 @@ class SplitLearningModule(L.LightningModule):
             defense.update(context, optimizers[index] if index is not None else None)
 
         if not self.activation_bytes_per_sample:
-            self.activation_bytes_per_sample = bytes_per_sample(message)
-            self.gradient_bytes_per_sample = bytes_per_sample(returned_gradient)
+            self.activation_bytes_per_sample = self.wire_bytes(message)
+            self.gradient_bytes_per_sample = self.wire_bytes(returned_gradient, backward=True)
         # accumulated, logged once per epoch: per-step logging would cost more than the split
         self._train_loss_sum = self._train_loss_sum + loss.detach() * len(y)
         self._train_count += len(y)
@@ -146,7 +192,12 @@ class SplitLearningModule(L.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, batch, stage: str):
         x, y = batch
-        logits = self(x)
+        if self.client_exits or self.server_exits:
+            *exit_logits, logits = self.all_exit_logits(x)
+            for name, head_logits in zip([*self.client_exits, *self.server_exits], exit_logits):
+                self.log(f"{stage}_exit_{name}_acc", (head_logits.argmax(1) == y).float().mean(), on_epoch=True, on_step=False)
+        else:
+            logits = self(x)
         self.accuracy[f"{stage}_acc"].update(logits, y)
         self.log(f"{stage}_loss", F.cross_entropy(logits, y), on_epoch=True, on_step=False, prog_bar=True)
         self.log(f"{stage}_acc", self.accuracy[f"{stage}_acc"], on_epoch=True, on_step=False, prog_bar=True)
