@@ -1,0 +1,63 @@
+"""Attacks on the message that crosses the cut. Adding one: a new module with an ``Attack``
+subclass and one line in ``ATTACKS`` below."""
+from __future__ import annotations
+
+import inspect
+
+from attacks.base import Attack, AttackResult, AttackTarget, ProxyData, evaluate
+from attacks.decoder_inversion import DecoderInversion
+from attacks.noise_aware import NoiseAwareInversion
+from attacks.optimization_inversion import OptimizationInversion
+from splitpriv.errors import ConfigError
+
+ATTACKS: dict[str, type[Attack]] = {
+    DecoderInversion.name: DecoderInversion,
+    NoiseAwareInversion.name: NoiseAwareInversion,
+    OptimizationInversion.name: OptimizationInversion,
+}
+
+
+def register_attack(cls: type[Attack]) -> type[Attack]:
+    """Register an attack class under its ``name`` (also usable from a ``--plugin`` file)."""
+    ATTACKS[cls.name] = cls
+    return cls
+
+
+def default_attack_specs(randomized: bool, decoder_capacities: tuple[str, ...] = ("small", "large")) -> list[dict]:
+    """The default attack set: decoders of each capacity (small and large), the noise-aware
+    decoder (largest capacity) when the deployed defense draws fresh noise per query, and
+    white-box optimisation."""
+    specs = [{"name": "decoder_inversion", "capacity": capacity} for capacity in decoder_capacities]
+    if randomized:
+        specs.append({"name": "noise_aware", "capacity": decoder_capacities[-1]})
+    return specs + [{"name": "optimization_inversion"}]
+
+
+def build_attack(spec: dict, key: str = "attacks[0]") -> Attack:
+    """``{name: ..., **params}`` -> an Attack; unknown names or parameters -> ConfigError."""
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError(key, spec, "a mapping with a 'name' key, e.g. {name: decoder_inversion, capacity: large}")
+    cls = ATTACKS.get(spec["name"])
+    if cls is None:
+        raise ConfigError(f"{key}.name", spec["name"], f"one of {sorted(ATTACKS)}")
+    params = {k: v for k, v in spec.items() if k != "name"}
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    for param in params:
+        if param not in accepted:
+            raise ConfigError(f"{key}.{param}", params[param], f"parameters of {cls.name}: {sorted(accepted)}")
+    try:
+        return cls(**params)
+    except ConfigError as error:
+        raise ConfigError(f"{key}.{error.key}", error.value, error.allowed) from None
+
+
+def build_attacks(specs: list[dict]) -> list[Attack]:
+    if not specs:
+        raise ConfigError("attacks", specs, f"a non-empty list of attacks, e.g. [{{name: decoder_inversion}}]; known: {sorted(ATTACKS)}")
+    return [build_attack(spec, f"attacks[{i}]") for i, spec in enumerate(specs)]
+
+
+from attacks.suite import AttackSettings, run_attacks  # noqa: E402  (the suite builds on the registry)
+
+__all__ = ["ATTACKS", "Attack", "AttackResult", "AttackSettings", "AttackTarget", "ProxyData", "build_attack",
+           "build_attacks", "default_attack_specs", "evaluate", "register_attack", "run_attacks"]

@@ -15,15 +15,8 @@ from splitpriv.errors import SplitprivError
 COMMANDS = ["train", "attack", "sweep", "compare", "profile", "plan", "cost", "exits", "lighten"]
 
 
-def _available_commands() -> dict:
-    modules = {}
-    for name in COMMANDS:
-        try:
-            modules[name] = importlib.import_module(f"splitpriv.commands.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"splitpriv.commands.{name}":
-                raise
-    return modules
+def _commands() -> dict:
+    return {name: importlib.import_module(f"splitpriv.commands.{name}") for name in COMMANDS}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -42,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "profile every cut and plan where to cut.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in _available_commands().items():
+    for name, module in _commands().items():
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP,
                                     formatter_class=_HelpFormatter)
         module.add_arguments(sub)

@@ -52,3 +52,21 @@ def make_wandb_logger(cfg: WandbConfig, save_dir: Path, name: str, job_type: str
     kwargs["settings"] = wandb.Settings(**kwargs["settings"])
     kwargs.pop("reinit")
     return WandbLogger(**kwargs, log_model=False)
+
+
+def log_run(cfg: WandbConfig, save_dir: Path, name: str, job_type: str, config: dict, summary: dict,
+            group: str | None = None, images: dict[str, Path] | None = None, tables: dict[str, list[dict]] | None = None) -> None:
+    """One finished wandb run (e.g. an attack or a sweep summary): config, summary metrics,
+    images (files) and tables (lists of rows). Nothing when tracking is disabled."""
+    if wandb_mode(cfg) == "disabled":
+        return
+    import wandb
+
+    run = wandb.init(**init_kwargs(cfg, save_dir, name, job_type, config, group))
+    for key, path in (images or {}).items():
+        run.log({key: wandb.Image(str(path))})
+    for key, rows in (tables or {}).items():
+        columns = list(rows[0]) if rows else []
+        run.log({key: wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows])})
+    run.summary.update(summary)
+    run.finish()

@@ -1,7 +1,7 @@
 """The command line: help, and every bad input gives one clear message and exit code 2."""
 import pytest
 
-from splitpriv.cli import main
+from splitpriv.cli import COMMANDS, main
 
 
 def run_cli(capsys, *argv):
@@ -10,13 +10,24 @@ def run_cli(capsys, *argv):
     return code, captured.out + captured.err
 
 
-@pytest.mark.parametrize("command", ["train", "sweep", "attack", "profile", "plan", "compare", "exits"])
+@pytest.mark.parametrize("command", COMMANDS)
 def test_help_explains_every_option(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: splitpriv " + command)
+    options = [line.split()[0] for line in out.splitlines() if line.startswith("  -")]
+    undocumented = [line for line in out.splitlines() if line.startswith("  --") and len(line.split()) <= 2
+                    and not _continued(out, line)]
+    assert options and not undocumented, f"options without help: {undocumented}"
+
+
+def _continued(out: str, line: str) -> bool:
+    """argparse puts the help of a long option on the next line."""
+    lines = out.splitlines()
+    following = lines[lines.index(line) + 1] if lines.index(line) + 1 < len(lines) else ""
+    return following.startswith(" " * 10) and not following.strip().startswith("-")
 
 
 def test_top_level_help_lists_the_commands(capsys):

@@ -1,0 +1,185 @@
+"""The one interface every attack implements, and the threat model that bounds it.
+
+An honest-but-curious server attacks one deployed client. What it may use is explicit: a threat
+model grants some of
+
+* ``query``   - query access to the client as deployed (defenses included, fresh noise per call),
+* ``weights`` - the client's weights: a differentiable deployed client,
+* ``proxy``   - the attacker's own proxy data (images and labels), disjoint from the private data.
+
+An :class:`Attack` declares its ``grants``; :func:`evaluate` hands it an :class:`AttackTarget`
+holding exactly those (the rest is ``None``), fits it, and scores its reconstructions of the
+**private test set** from the messages the server observed for it.
+
+Adding an attack is one file with an ``Attack`` subclass plus one line in ``attacks/__init__.py``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from attacks.metrics import reconstruction_metrics
+
+GRANTS = ("query", "weights", "proxy")
+
+
+@dataclass
+class ProxyData:
+    """The attacker's own data: model inputs (normalised), the same images in [0, 1], labels."""
+
+    inputs: torch.Tensor
+    images: torch.Tensor
+    labels: torch.Tensor
+    description: str
+
+
+@dataclass
+class AttackTarget:
+    """Everything a threat model could grant about one deployed client.
+
+    ``normalize`` ([0, 1] images -> model inputs) and the shapes are public knowledge (the data
+    set's statistics), so every attack gets them.
+    """
+
+    image_shape: tuple[int, int, int]
+    message_shape: tuple[int, ...]
+    normalize: Callable[[torch.Tensor], torch.Tensor]
+    randomized: bool  # whether the deployed client draws fresh noise per query
+    seed: int = 0
+    query: Callable[[torch.Tensor], torch.Tensor] | None = None  # inputs -> messages, no gradient
+    client: Callable[[torch.Tensor], torch.Tensor] | None = None  # inputs -> messages, differentiable
+    proxy: ProxyData | None = None
+
+    def granted(self, grants: frozenset[str]) -> "AttackTarget":
+        """A copy holding only ``grants``; whatever the threat model withholds is ``None``."""
+        unknown = set(grants) - set(GRANTS)
+        if unknown:
+            raise ValueError(f"unknown grants {sorted(unknown)}; known: {list(GRANTS)}")
+        withheld = {"query": None, "client": None, "proxy": None}
+        kept = {"query": "query" in grants, "client": "weights" in grants, "proxy": "proxy" in grants}
+        return dataclasses.replace(self, **{k: getattr(self, k) for k, keep in kept.items() if keep},
+                                   **{k: v for k, v in withheld.items() if not kept[k]})
+
+
+class Attack:
+    """Base class: ``fit`` with the granted target, then ``reconstruct`` images in [0, 1]."""
+
+    name: ClassVar[str] = "attack"
+    grants: ClassVar[frozenset[str]] = frozenset()
+    progress: Callable[[str], None] | None = None  # set by the suite: where long fits report
+
+    @property
+    def label(self) -> str:
+        """How results name this attack (e.g. ``decoder_inversion/large``)."""
+        return self.name
+
+    def fit(self, target: AttackTarget) -> None:
+        """Learn whatever the attack needs from its grants."""
+
+    def reconstruct(self, messages: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1], one per observed message."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """The attack's settings, recorded in attack.json."""
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        """What fitting found out (e.g. epochs until early stopping), recorded in attack.json."""
+        return {}
+
+
+@dataclass
+class AttackResult:
+    label: str
+    reconstructions: torch.Tensor  # [0, 1], one per private test image
+    metrics: dict[str, float]  # mse, psnr, ssim (+ classifier_accuracy once scored)
+    fit_time_s: float
+    record: dict[str, Any]  # name, grants, config, summary
+
+
+def evaluate(attack: Attack, target: AttackTarget, messages: torch.Tensor, originals: torch.Tensor) -> AttackResult:
+    """Fit ``attack`` with exactly its grants and score its reconstructions of ``originals``
+    (private test images in [0, 1]) from ``messages`` (what the server observed for them)."""
+    started = time.perf_counter()
+    attack.fit(target.granted(attack.grants))
+    reconstructions = attack.reconstruct(messages).detach().clamp(0, 1)
+    fit_time_s = time.perf_counter() - started
+    record = {"name": attack.name, "grants": sorted(attack.grants), "config": attack.config(), "summary": attack.summary()}
+    return AttackResult(attack.label, reconstructions, reconstruction_metrics(reconstructions, originals), fit_time_s, record)
+
+
+# ----------------------------------------------------------------------------- fitting helper
+
+
+@dataclass
+class EarlyStopping:
+    """Train until the held-out loss stops improving: ``patience`` epochs without a relative
+    improvement of ``min_delta``, at most ``max_epochs``; the best weights are restored."""
+
+    max_epochs: int = 500
+    patience: int = 10
+    min_delta: float = 1e-3
+    batch_size: int = 64
+    lr: float = 1e-3
+    holdout_fraction: float = 0.1
+
+
+def holdout_split(n: int, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, held-out indices) of ``n`` samples; at least one sample on each side."""
+    order = torch.randperm(n, generator=generator)
+    n_holdout = min(max(1, round(fraction * n)), n - 1)
+    return order[n_holdout:], order[:n_holdout]
+
+
+def fit_with_early_stopping(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    train_inputs: torch.Tensor | Callable[[], torch.Tensor],
+    train_targets: torch.Tensor,
+    holdout_inputs: torch.Tensor,
+    holdout_targets: torch.Tensor,
+    settings: EarlyStopping,
+    generator: torch.Generator,
+    progress: Callable[[str], None] | None = None,
+    report_every_s: float = 15.0,
+) -> dict[str, float]:
+    """Adam on mini-batches until the held-out loss stalls. ``train_inputs`` may be a callable
+    returning fresh inputs each epoch (e.g. new noisy queries). Returns epochs and best loss.
+    ``progress`` hears about the held-out loss every ``report_every_s`` seconds.
+
+    A plain loop rather than a Lightning Trainer: an attack fits hundreds of tiny epochs per
+    cell, where the Trainer's per-fit and per-epoch overhead would cost more than the fitting.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    best_loss, best_state, best_epoch, epoch = float("inf"), copy.deepcopy(model.state_dict()), 0, 0
+    last_report = time.perf_counter()
+    for epoch in range(1, settings.max_epochs + 1):
+        inputs = train_inputs() if callable(train_inputs) else train_inputs
+        model.train()
+        for batch in torch.randperm(len(train_targets), generator=generator).split(settings.batch_size):
+            if len(batch) < 2 and len(train_targets) > 1:  # BatchNorm needs two samples
+                continue
+            loss = loss_fn(model(inputs[batch]), train_targets[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            holdout_loss = float(loss_fn(model(holdout_inputs), holdout_targets))
+        if holdout_loss < best_loss * (1 - settings.min_delta):
+            best_loss, best_state, best_epoch = holdout_loss, copy.deepcopy(model.state_dict()), epoch
+        elif epoch - best_epoch >= settings.patience:
+            break
+        if progress and time.perf_counter() - last_report > report_every_s:
+            progress(f"    epoch {epoch}: held-out loss {holdout_loss:.5f} (best {best_loss:.5f} at epoch {best_epoch})")
+            last_report = time.perf_counter()
+    model.load_state_dict(best_state)
+    model.eval()
+    return {"epochs": epoch, "best_epoch": best_epoch, "holdout_loss": best_loss}

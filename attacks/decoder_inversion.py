@@ -1,0 +1,74 @@
+"""Learning-based model inversion (He et al., ACSAC 2019, black-box setting; ResSFL's MIA).
+
+The server queries the deployed client with its proxy images, receives the messages exactly as
+it would in deployment (noise and all), trains a decoder D from message to image with
+
+    min_D  (1/N) Σ_i ||D(client(x_i)) - x_i||²      (x_i: proxy images in [0, 1])
+
+to convergence (early stopping on a held-out slice of the proxy data), then decodes the
+messages it observed for the private test set.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from attacks.base import Attack, AttackTarget, EarlyStopping, fit_with_early_stopping, holdout_split
+from splitpriv.decoders import CAPACITIES, build_decoder
+from splitpriv.errors import ConfigError
+
+
+class DecoderInversion(Attack):
+    name = "decoder_inversion"
+    grants = frozenset({"query", "proxy"})
+    fresh_queries = False  # one query per proxy image, as a passive server would record them
+
+    def __init__(self, capacity: str = "large", max_epochs: int = 500, patience: int = 10, batch_size: int = 64,
+                 lr: float = 1e-3, holdout_fraction: float = 0.1, min_delta: float = 1e-3):
+        if capacity not in CAPACITIES:
+            raise ConfigError("capacity", capacity, f"one of {sorted(CAPACITIES)}")
+        for key, value in (("max_epochs", max_epochs), ("patience", patience), ("batch_size", batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(key, value, "an integer >= 1")
+        if not 0 < holdout_fraction < 1:
+            raise ConfigError("holdout_fraction", holdout_fraction, "a fraction in (0, 1)")
+        if lr <= 0 or min_delta < 0:
+            raise ConfigError("lr" if lr <= 0 else "min_delta", lr if lr <= 0 else min_delta, "lr > 0, min_delta >= 0")
+        self.capacity = capacity
+        self.stopping = EarlyStopping(max_epochs, patience, min_delta, batch_size, lr, holdout_fraction)
+        self.decoder = None
+        self._summary: dict = {}
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}/{self.capacity}"
+
+    def fit(self, target: AttackTarget) -> None:
+        generator = torch.Generator().manual_seed(target.seed)
+        torch.manual_seed(target.seed)
+        self.decoder = build_decoder(target.message_shape, target.image_shape, self.capacity)
+        proxy = target.proxy
+        train_idx, holdout_idx = holdout_split(len(proxy.inputs), self.stopping.holdout_fraction, generator)
+        train_inputs, holdout_inputs = proxy.inputs[train_idx], proxy.inputs[holdout_idx]
+        messages = self._queries(target, train_inputs)
+        self._summary = fit_with_early_stopping(
+            self.decoder, F.mse_loss, messages, proxy.images[train_idx],
+            target.query(holdout_inputs), proxy.images[holdout_idx], self.stopping, generator, self.progress)
+        self._summary["proxy_images"] = len(train_idx)
+
+    def _queries(self, target: AttackTarget, inputs: torch.Tensor):
+        """The decoder's training messages: recorded once, or (noise-aware) fresh every epoch."""
+        query = lambda: target.query(inputs)  # noqa: E731
+        return query if self.fresh_queries else query()
+
+    @torch.no_grad()
+    def reconstruct(self, messages: torch.Tensor) -> torch.Tensor:
+        return self.decoder(messages)
+
+    def config(self) -> dict:
+        return {"capacity": self.capacity, **dataclasses.asdict(self.stopping)}
+
+    def summary(self) -> dict:
+        return dict(self._summary)

@@ -1,0 +1,208 @@
+"""Attack one trained run several ways and report every attack and the worst case.
+
+``run_attacks(run)`` observes the messages the deployed client sends for the private test set,
+fits each attack with exactly its grants, scores the reconstructions (MSE / PSNR / SSIM on
+[0, 1] images, semantic leakage through the attacker's proxy classifier), adds dCor(x, message),
+and writes ``attack.json`` and ``reconstructions.png`` into the run folder.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from attacks import build_attacks, default_attack_specs
+from attacks.base import AttackResult, AttackTarget, ProxyData, evaluate
+from attacks.metrics import message_dcor, worst_case
+from attacks.semantic import classifier_accuracy, fit_proxy_classifier
+from splitpriv.config import POSITIVE_INT, check
+from splitpriv.decoders import CAPACITIES
+from splitpriv.data import ImageSet, load_images, match_shape
+from splitpriv.errors import SplitprivError
+from splitpriv.runs import atomic_save_figure, atomic_write_json
+
+ATTACK_FILE, GRID_FILE = "attack.json", "reconstructions.png"
+QUERY_CHUNK = 1024  # inputs per client query: bounds memory for large messages (e.g. 32x26x26 on MNIST)
+
+
+@dataclass
+class AttackSettings:
+    """What ``splitpriv attack`` and every sweep cell run (``attack:`` in a sweep config)."""
+
+    attacks: list[dict] | None = None  # attack specs, e.g. [{name: decoder_inversion, capacity: large}]; None: the default set
+    decoder_capacities: list[str] = field(default_factory=lambda: ["small", "large"], metadata=check(
+        lambda v: len(v) > 0 and all(c in CAPACITIES for c in v), f"a non-empty list of {sorted(CAPACITIES)}"))
+    samples: int = field(default=256, metadata=POSITIVE_INT)  # private test images attacked and scored
+    proxy: str | None = None  # None: the run's proxy data; else a data set name or an .npz file (x uint8, y)
+    proxy_size: int | None = field(default=None, metadata=POSITIVE_INT)  # at most this many proxy images
+    grid_images: int = field(default=8, metadata=check(lambda v: v >= 1, "an integer >= 1"))
+    dcor_samples: int = field(default=512, metadata=check(lambda v: v >= 2, "an integer >= 2 (O(n²) memory)"))
+    classifier_max_epochs: int = field(default=100, metadata=POSITIVE_INT)  # the attacker's proxy classifier (early stopping)
+    seed: int = field(default=0, metadata=check(lambda v: v >= 0, "an integer >= 0"))
+
+
+# ----------------------------------------------------------------------------- the threat model
+
+
+def _image_hashes(images: torch.Tensor) -> set[bytes]:
+    return {hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest() for image in images}
+
+
+def load_proxy(data, data_config, source: str | None, size: int | None, seed: int) -> tuple[ProxyData, dict, bool]:
+    """The attacker's proxy data for splits ``data`` built from ``data_config`` (a DataConfig),
+    its description, and whether its labels are the private classes.
+
+    Refuses proxy images that also occur in the private training or test set: an attacker
+    holding the private images would measure memory, not leakage.
+    """
+    dataset = data_config.dataset
+    if source is None:
+        images = data.proxy
+        description = data.description["proxy_source"]
+        same_classes = data_config.proxy_dataset in (None, dataset)
+    else:
+        is_file = source.endswith(".npz")
+        raw = load_images("npz", path=source) if is_file else load_images(source, data_config.root, True)
+        images = ImageSet(match_shape(raw.images, data.info.in_channels, data.info.image_size), raw.labels)
+        description = f"{source}{'' if is_file else ':train'} mapped to {data.info.input_shape}"
+        same_classes = source == dataset
+    if size is not None and size < len(images):
+        images = images.subset(torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:size])
+    overlap = len(_image_hashes(images.images) & (_image_hashes(data.private_test.images) | _image_hashes(data.private_train.images)))
+    if overlap:
+        raise SplitprivError(
+            f"the proxy data ({description}) holds {overlap} images of the run's private train/test sets; "
+            f"an attacker's proxy must be disjoint from the private data: pick another --proxy (e.g. another "
+            f"data set) or leave it unset to use the run's held-out proxy slice")
+    unit = images.images.float() / 255
+    proxy = ProxyData(data.normalize(unit), unit, images.labels, description)
+    return proxy, {"source": description, "images": len(images), "labels_are_private_classes": same_classes}, same_classes
+
+
+@contextlib.contextmanager
+def _frozen(module: torch.nn.Module):
+    """Attacks differentiate w.r.t. images only; the client's weights stay untouched."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in zip(module.parameters(), flags):
+            parameter.requires_grad_(flag)
+
+
+def deployed_target(run, proxy: ProxyData, seed: int) -> AttackTarget:
+    """Everything the server could be granted about the client of ``run``, as deployed."""
+    module = run.module
+
+    def query(inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([module.send(chunk, training=False)[1] for chunk in inputs.split(QUERY_CHUNK)])
+
+    def client(inputs: torch.Tensor) -> torch.Tensor:
+        return module.send(inputs, training=False)[1]
+
+    message_shape = tuple(query(proxy.inputs[:2]).shape[1:])
+    randomized = any(d.randomized and d.active_at_inference for d in module.defenses)
+    return AttackTarget(run.data.info.input_shape, message_shape, run.data.normalize, randomized, seed, query, client, proxy)
+
+
+# ----------------------------------------------------------------------------- the suite
+
+
+def run_attacks(run, settings: AttackSettings | None = None, *, out_dir: str | Path | None = None,
+                classifier: torch.nn.Module | None = None, progress: Callable[[str], None] | None = print) -> dict:
+    """Attack ``run`` with every attack of ``settings`` and return the attack.json record.
+
+    ``out_dir`` (default: the run folder) receives attack.json and reconstructions.png.
+    ``classifier`` reuses an attacker's proxy classifier (a sweep trains it once per data set).
+    """
+    settings = settings or AttackSettings()
+    say = progress or (lambda message: None)
+    started = time.perf_counter()
+    proxy, proxy_record, same_classes = load_proxy(run.data, run.config.data, settings.proxy, settings.proxy_size, settings.seed)
+    target = deployed_target(run, proxy, settings.seed)
+    specs = settings.attacks if settings.attacks is not None else default_attack_specs(
+        target.randomized, tuple(settings.decoder_capacities))
+    attacks = build_attacks(specs)
+    private = run.data.private_test.subset(torch.arange(min(settings.samples, len(run.data.private_test))))
+    originals = private.images.float() / 255
+    num_classes = run.data.info.num_classes
+
+    module = run.module.eval()
+    with _frozen(module):
+        torch.manual_seed(settings.seed)
+        messages = target.query(run.data.normalize(originals))  # what the server observes, once per image
+        results: list[AttackResult] = []
+        for i, attack in enumerate(attacks, 1):
+            say(f"  attack {i}/{len(attacks)} {attack.label} ...")
+            attack.progress = progress
+            results.append(evaluate(attack, target, messages, originals))
+            metrics = results[-1].metrics
+            say(f"  attack {i}/{len(attacks)} {attack.label}: mse {metrics['mse']:.4f} ssim {metrics['ssim']:.3f} "
+                f"({results[-1].fit_time_s:.1f}s)")
+        dcor_count = min(settings.dcor_samples, len(originals))
+        dcor = message_dcor(originals[:dcor_count], messages[:dcor_count])
+
+    semantic: dict[str, Any] = {"classifier_accuracy_on_originals": None}
+    if same_classes:
+        classifier = classifier or fit_proxy_classifier(proxy, num_classes, settings.seed, settings.classifier_max_epochs)
+        semantic["classifier_accuracy_on_originals"] = classifier_accuracy(
+            classifier, run.data.normalize(originals), private.labels, num_classes)
+    per_attack = {}
+    for result in results:
+        result.metrics["classifier_accuracy"] = (
+            classifier_accuracy(classifier, run.data.normalize(result.reconstructions), private.labels, num_classes)
+            if same_classes else None)
+        per_attack[result.label] = {**result.record, **result.metrics, "fit_time_s": result.fit_time_s}
+
+    record = {
+        "run": str(run.path), "dataset": run.config.data.dataset, "model": run.config.model.name,
+        "cut_layer": run.cut_layer, "cut_name": run.cut_name,
+        "defenses": [{"name": d.name, **d.config()} for d in run.defenses],
+        "threat_model": {
+            "server": "honest-but-curious: observes one message per private test image, as deployed "
+                      "(defenses active at inference applied, fresh noise per query)",
+            "randomized_defense": target.randomized,
+            "grants": {label: a["grants"] for label, a in per_attack.items()},
+        },
+        "proxy": proxy_record,
+        "private_test_samples": len(originals),
+        "settings": {k: v for k, v in asdict(settings).items() if k != "attacks"} | {"attacks": specs},
+        "attacks": per_attack,
+        "worst_case": worst_case({label: {k: a[k] for k in ("mse", "psnr", "ssim", "classifier_accuracy")}
+                                  for label, a in per_attack.items()}),
+        "semantic_leakage": semantic,
+        "dcor": dcor, "dcor_samples": dcor_count,
+        "attack_time_s": time.perf_counter() - started,
+    }
+    out = Path(out_dir) if out_dir is not None else Path(run.path)
+    save_reconstruction_grid(out / GRID_FILE, originals, results, settings.grid_images)
+    atomic_write_json(out / ATTACK_FILE, record)
+    return record
+
+
+def save_reconstruction_grid(path: Path, originals: torch.Tensor, results: list[AttackResult], count: int) -> None:
+    """Originals on top, one row per attack, ``count`` private test images (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    count = min(count, len(originals))
+    rows = [("private", originals)] + [(r.label, r.reconstructions) for r in results]
+    tiles = torch.cat([images[:count] for _, images in rows])
+    grid = make_grid(tiles, nrow=count, padding=1, pad_value=1.0).permute(1, 2, 0).numpy()
+    figure, axis = plt.subplots(figsize=(0.9 * count + 2.2, 0.9 * len(rows) + 0.2))
+    axis.imshow(grid, vmin=0, vmax=1)  # one image: a grid of subplots costs seconds per cell
+    row_height = grid.shape[0] / len(rows)
+    axis.set_yticks([row_height * (i + 0.5) for i in range(len(rows))], [label for label, _ in rows], fontsize=8)
+    axis.set_xticks([])
+    figure.tight_layout()
+    atomic_save_figure(figure, path, dpi=80)

@@ -1,0 +1,61 @@
+"""``splitpriv attack``: attack a trained run several ways; report every attack and the worst case."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "attack a trained run (decoder, noise-aware and optimisation inversion) and score the leakage"
+
+
+def attack_spec(text: str) -> dict:
+    """``decoder_inversion:capacity=large,max_epochs=50`` -> {name: ..., capacity: 'large', max_epochs: 50}."""
+    import yaml
+
+    name, _, params = text.partition(":")
+    spec = {"name": name}
+    for pair in filter(None, params.split(",")):
+        key, _, value = pair.partition("=")
+        spec[key] = yaml.safe_load(value)
+    return spec
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="the run folder written by 'splitpriv train' (runs/<name>)")
+    parser.add_argument("--attacks", nargs="+", type=attack_spec, metavar="NAME[:KEY=VALUE,...]",
+                        help="attacks to run (default: decoder_inversion small and large, noise_aware when the "
+                             "defense is randomised, optimization_inversion), e.g. decoder_inversion:capacity=medium")
+    parser.add_argument("--proxy", help="the attacker's proxy data: a data set name (its train split, mapped to the "
+                                        "private images' shape) or an .npz file (default: the run's held-out proxy slice)")
+    parser.add_argument("--proxy-size", type=int, help="at most this many proxy images")
+    parser.add_argument("--samples", type=int, help="private test images attacked and scored (default 256)")
+    parser.add_argument("--classifier-max-epochs", type=int, help="the attacker's proxy classifier (early stopping; default 100)")
+    parser.add_argument("--seed", type=int, help="the attacker's seed")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from attacks import AttackSettings, run_attacks
+    from splitpriv.config import from_dict
+    from splitpriv.runs import load_run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    given = {"attacks": args.attacks, "proxy": args.proxy, "proxy_size": args.proxy_size, "samples": args.samples,
+             "classifier_max_epochs": args.classifier_max_epochs, "seed": args.seed}
+    settings = from_dict(AttackSettings, {k: v for k, v in given.items() if v is not None})
+    trained = load_run(args.run)
+    print(f"attacking {trained.path} (cut {trained.cut_layer} {trained.cut_name}, "
+          f"defenses: {[d.name for d in trained.defenses] or 'none'})")
+    record = run_attacks(trained, settings)
+    worst = record["worst_case"]
+    for label, result in record["attacks"].items():
+        print(f"  {label:32s} mse {result['mse']:.4f}  psnr {result['psnr']:6.2f}  ssim {result['ssim']:.3f}  "
+              f"classifier acc {result['classifier_accuracy'] if result['classifier_accuracy'] is not None else '-'}")
+    print(f"worst case: mse {worst['mse']:.4f} ({worst['mse_attack']}), ssim {worst['ssim']:.3f} ({worst['ssim_attack']}); "
+          f"dcor(x, message) {record['dcor']:.3f}")
+    print(f"written {Path(trained.path) / 'attack.json'} and reconstructions.png")
+    print(json.dumps(worst))
+    return 0

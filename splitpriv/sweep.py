@@ -1,0 +1,436 @@
+"""The privacy-utility frontier: train and attack every cell of cuts x defenses x seeds.
+
+``runs/<sweep>/`` holds ``sweep.yaml`` (the resolved config), ``results.jsonl`` (one line per
+finished cell, appended atomically: a rerun skips finished cells), ``frontier.csv``,
+``frontier.png``, ``train/<run>/`` (trained runs) and ``attacks/<cell>/`` (attack.json,
+reconstructions.png, wandb). The undefended cells of all cuts share one training per seed: an
+undefended network computes the same function wherever it is cut (:meth:`Run.recut`).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from attacks import AttackSettings, build_attacks, default_attack_specs, run_attacks
+from attacks.semantic import fit_proxy_classifier
+from attacks.suite import GRID_FILE, load_proxy
+from defenses import build_defense, build_defenses
+from splitpriv.config import POSITIVE_INT, ExitsConfig, RunConfig, WandbConfig, from_dict
+from splitpriv.data import make_splits
+from splitpriv.errors import ConfigError, SplitprivError
+from splitpriv.experiment import quiet_lightning, train
+from splitpriv.models import build_model
+from splitpriv.runs import METRICS_FILE, atomic_append_line, atomic_save_figure, atomic_write_text, atomic_write_yaml, load_run
+from splitpriv.tracking import log_run
+
+SWEEP_FILE, RESULTS_FILE, FRONTIER_CSV, FRONTIER_PNG = "sweep.yaml", "results.jsonl", "frontier.csv", "frontier.png"
+FRONTIER_COLUMNS = ["cut_layer", "cut_name", "defense", "strength", "seed", "test_accuracy", "worst_mse", "worst_psnr",
+                    "worst_ssim", "reconstruction_classifier_accuracy", "dcor", "activation_bytes_per_sample",
+                    "train_time_s", "attack_time_s", "compression", "exits", "gradient_bytes_per_sample"]
+NO_DEFENSE = "none"
+
+
+@dataclass
+class DefenseAxis:
+    """One defense of the grid: ``parameter`` takes each of ``strengths``; ``params`` are fixed."""
+
+    name: str = NO_DEFENSE
+    parameter: str | None = None
+    strengths: list = field(default_factory=list)
+    params: dict = field(default_factory=dict)
+
+
+DEFAULT_DEFENSES = [
+    {"name": NO_DEFENSE},
+    {"name": "distance_correlation", "parameter": "weight", "strengths": [0.5]},
+    {"name": "dp_noise", "parameter": "epsilon", "strengths": [32.0], "params": {"mechanism": "laplace", "clip": "median"}},
+    {"name": "decoder_reconstruction", "parameter": "weight", "strengths": [5.0]},
+]
+# The embedded default runs on tiny 8x8 digits within 3 minutes on 2 CPU cores: a small decoder
+# there reconstructs as well as a large one (see README) at a fraction of the cost.
+DEFAULT_SWEEP_ATTACK = {"decoder_capacities": ["small"], "samples": 128}
+
+
+@dataclass
+class SweepConfig:
+    name: str | None = None  # sweep folder under ``out`` and wandb group; None: <dataset>-<model>-sweep
+    out: str = "runs"
+    dataset: str = "digits"
+    model: str = "small_cnn"
+    cuts: list | str = "all"  # cut indices or names, or "all"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    defenses: list[dict] = field(default_factory=lambda: [dict(d) for d in DEFAULT_DEFENSES])
+    data: dict = field(default_factory=dict)  # DataConfig fields but 'dataset' (e.g. root, proxy_fraction)
+    training: dict = field(default_factory=dict)  # TrainingConfig fields (e.g. epochs)
+    attack: AttackSettings = field(default_factory=lambda: AttackSettings(**DEFAULT_SWEEP_ATTACK))
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    workers: int = field(default=2, metadata=POSITIVE_INT)  # cells run in parallel processes
+    plugins: list[str] = field(default_factory=list)
+    # adaptations at the cut, crossed with every defense setting: compressions of the message
+    # ({name: none} = fp32) and early-exit configurations ({} = none; an exit model is attacked
+    # at the sweep's cuts and at each of its exits' cuts)
+    compressions: list[dict] = field(default_factory=lambda: [{"name": NO_DEFENSE}])
+    exits: list[dict] = field(default_factory=lambda: [{}])
+
+    def sweep_name(self) -> str:
+        return self.name or f"{self.dataset}-{self.model}-sweep"
+
+
+@dataclass
+class Cell:
+    """One point of the grid. Further axes (e.g. compression) add fields and a part of ``key``."""
+
+    cut_layer: int
+    cut_name: str
+    defense: str
+    strength: float | None
+    seed: int
+    defense_specs: list[dict]  # the defense's, then the compression's
+    compression: str = NO_DEFENSE  # e.g. quantize_bits4
+    exits: str = NO_DEFENSE  # e.g. relu2+relu3
+    exits_config: dict = field(default_factory=dict)
+
+    @property
+    def adaptations(self) -> str:
+        """The key's part for compression and exits ('' without: keys of plain grids stay as they were)."""
+        labels = [self.compression] + ([f"exits_{self.exits}"] if self.exits != NO_DEFENSE else [])
+        return "".join(f"-{label}" for label in labels if label != NO_DEFENSE)
+
+    @property
+    def key(self) -> str:
+        strength = "" if self.strength is None else f"-{self.strength:g}"
+        return f"cut{self.cut_layer}-{self.defense}{strength}{self.adaptations}-seed{self.seed}"
+
+    @property
+    def training_key(self) -> str:
+        """Cells with the same training key share one trained model."""
+        return f"{NO_DEFENSE}{self.adaptations}-seed{self.seed}" if not self.defense_specs else self.key
+
+    def labels(self) -> dict:
+        return {"cut_layer": self.cut_layer, "cut_name": self.cut_name, "defense": self.defense,
+                "strength": self.strength, "seed": self.seed, "compression": self.compression, "exits": self.exits}
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def load_sweep_config(values: dict | None) -> SweepConfig:
+    """Validate a sweep config (plain YAML mapping); errors name the key, value and what is allowed."""
+    cfg = from_dict(SweepConfig, values or {})
+    if cfg.cuts != "all" and (isinstance(cfg.cuts, str) or not isinstance(cfg.cuts, list)):
+        raise ConfigError("cuts", cfg.cuts, "'all' or a list of cut indices or names")
+    if not cfg.seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in cfg.seeds):
+        raise ConfigError("seeds", cfg.seeds, "a non-empty list of integers >= 0")
+    if "dataset" in cfg.data:
+        raise ConfigError("data.dataset", cfg.data["dataset"], "the top-level 'dataset' key (the sweep's data set)")
+    axes = [from_dict(DefenseAxis, axis, f"defenses[{i}].") for i, axis in enumerate(cfg.defenses)]
+    for i, axis in enumerate(axes):
+        if axis.name != NO_DEFENSE and (axis.parameter is None) != (not axis.strengths):
+            raise ConfigError(f"defenses[{i}]", cfg.defenses[i], "'parameter' together with a non-empty 'strengths' "
+                              "list (e.g. {name: dp_noise, parameter: epsilon, strengths: [2, 8]}), or neither")
+    return cfg
+
+
+def base_run_config(cfg: SweepConfig) -> RunConfig:
+    values = {"out": str(Path(cfg.out) / cfg.sweep_name() / "train"), "plugins": cfg.plugins,
+              "data": {**cfg.data, "dataset": cfg.dataset}, "model": {"name": cfg.model},
+              "training": {"progress_bar": False, **cfg.training}, "wandb": dataclasses.asdict(cfg.wandb)}
+    run_cfg = from_dict(RunConfig, values)
+    return dataclasses.replace(run_cfg, wandb=dataclasses.replace(run_cfg.wandb, group=cfg.wandb.group or cfg.sweep_name()))
+
+
+def defense_cells(cfg: SweepConfig) -> list[tuple[str, float | None, list[dict]]]:
+    """(defense, strength, defense specs) for every defense setting of the grid."""
+    settings = []
+    for i, values in enumerate(cfg.defenses):
+        axis = from_dict(DefenseAxis, values, f"defenses[{i}].")
+        if axis.name == NO_DEFENSE:
+            settings.append((NO_DEFENSE, None, []))
+            continue
+        for strength in axis.strengths or [None]:
+            spec = {"name": axis.name, **axis.params, **({axis.parameter: strength} if axis.parameter else {})}
+            build_defenses([spec])  # unknown defense or parameter: fail before any training
+            settings.append((axis.name, strength, [spec]))
+    return settings
+
+
+def grid(cfg: SweepConfig, cut_points: list) -> list[Cell]:
+    """Every cell: cuts x defense settings x seeds. An empty grid is an input error."""
+    by_index = {c.index: c for c in cut_points}
+    if cfg.cuts == "all":
+        cuts = cut_points
+    else:
+        names = {c.name: c for c in cut_points}
+        cuts = []
+        for cut in cfg.cuts:
+            point = names.get(cut) if isinstance(cut, str) and not cut.isdigit() else by_index.get(int(cut))
+            if point is None:
+                listing = ", ".join(f"{c.index}={c.name}" for c in cut_points)
+                raise ConfigError("cuts", cut, f"a cut index or name of {cfg.model}: {listing}")
+            cuts.append(point)
+    cells = [Cell(cut.index, cut.name, defense, strength, seed, specs + compression_spec, compression, exits, exits_config)
+             for seed in cfg.seeds for defense, strength, specs in defense_cells(cfg)
+             for compression, compression_spec in compression_settings(cfg)
+             for exits, exits_config, exit_cuts in exit_settings(cfg, cut_points)
+             for cut in cuts + [c for c in exit_cuts if c not in cuts]]
+    if not cells:
+        raise ConfigError("cuts/defenses/seeds", {"cuts": cfg.cuts, "defenses": cfg.defenses, "seeds": cfg.seeds},
+                          "at least one cut, one defense entry (e.g. {name: none}) and one seed")
+    return cells
+
+
+def compression_settings(cfg: SweepConfig) -> list[tuple[str, list[dict]]]:
+    """(label, [spec]) per compression of the grid, e.g. ('quantize_bits4', [{name: quantize, bits: 4}])."""
+    settings = []
+    for i, spec in enumerate(cfg.compressions):
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ConfigError(f"compressions[{i}]", spec, "a mapping with a 'name' key, e.g. {name: quantize, bits: 4}")
+        if spec["name"] == NO_DEFENSE:
+            settings.append((NO_DEFENSE, []))
+            continue
+        build_defense(spec, f"compressions[{i}]")  # unknown compression or parameter: fail before any training
+        settings.append(("_".join([spec["name"], *(f"{k}{v}" for k, v in spec.items() if k != "name")]), [dict(spec)]))
+    return settings
+
+
+def exit_settings(cfg: SweepConfig, cut_points: list) -> list[tuple[str, dict, list]]:
+    """(label, exits config, the exits' cut points) per early-exit configuration of the grid."""
+    settings = []
+    for i, values in enumerate(cfg.exits):
+        exits = from_dict(ExitsConfig, values, f"exits[{i}].")
+        points = []
+        for j, cut in enumerate(exits.at):
+            point = next((c for c in cut_points if str(cut) in (str(c.index), c.name)), None)
+            if point is None:
+                listing = ", ".join(f"{c.index}={c.name}" for c in cut_points)
+                raise ConfigError(f"exits[{i}].at[{j}]", cut, f"a cut index or name of {cfg.model}: {listing}")
+            points.append(point)
+        settings.append(("+".join(p.name for p in points) or NO_DEFENSE, dict(values or {}), points))
+    return settings
+
+
+# ----------------------------------------------------------------------------- one cell
+
+
+_DATA_CACHE: dict = {}
+
+
+def _splits(run_cfg: RunConfig):
+    """The data splits of a seed, built once per process (every cell of a seed shares them)."""
+    key = (repr(run_cfg.data), run_cfg.seed)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = make_splits(run_cfg.data, run_cfg.seed)
+    return _DATA_CACHE[key]
+
+
+def _trained(run_cfg: RunConfig, tracking: dict):
+    """The trained run of ``run_cfg``: loaded when a previous (killed) sweep finished it."""
+    run_dir = Path(run_cfg.out) / run_cfg.run_name()
+    if (run_dir / METRICS_FILE).exists():
+        run = load_run(run_dir)
+        run._data = _splits(run_cfg)
+        return run
+    return train(run_cfg, force=True, data=_splits(run_cfg), tracking=tracking)
+
+
+def cell_run_config(cfg: SweepConfig, cell: Cell, cut_layer: int) -> RunConfig:
+    base = base_run_config(cfg)
+    return dataclasses.replace(base, name=cell.training_key, seed=cell.seed, defenses=cell.defense_specs,
+                               model=dataclasses.replace(base.model, cut_layer=cut_layer),
+                               exits=from_dict(ExitsConfig, cell.exits_config, "exits."))
+
+
+def _long_fit_reporter(cell: Cell) -> Callable[[str], None]:
+    """Only the periodic reports of long fits (e.g. an MNIST decoder); the cell line says the rest."""
+    def report(message: str) -> None:
+        if message.lstrip().startswith("epoch"):
+            print(f"  [{cell.key}] {message.strip()}", flush=True)
+    return report
+
+
+def run_cell(cfg: SweepConfig, cell: Cell, sweep_dir: Path, classifier: torch.nn.Module | None) -> dict:
+    """Train (or reuse) the cell's model, attack it, log both to wandb; the cell's frontier row."""
+    if cfg.workers > 1:
+        torch.set_num_threads(1)
+    quiet_lightning()
+    tracking = {"strength": cell.strength, "sweep": cfg.sweep_name()}
+    if cell.defense_specs:
+        run = _trained(cell_run_config(cfg, cell, cell.cut_layer), {**tracking, "defense": cell.defense})
+    else:  # one undefended training per seed, trained at the model's default cut, recut here
+        shared = load_run(Path(base_run_config(cfg).out) / cell.training_key)
+        shared._data = _splits(shared.config)
+        run = shared.recut(cell.cut_layer)
+    attack_dir = sweep_dir / "attacks" / cell.key
+    record = run_attacks(run, cfg.attack, out_dir=attack_dir, classifier=classifier, progress=_long_fit_reporter(cell))
+    worst = record["worst_case"]
+    row = {**cell.labels(), "test_accuracy": run.metrics["test_accuracy"], "worst_mse": worst["mse"],
+           "worst_psnr": worst["psnr"], "worst_ssim": worst["ssim"],
+           "reconstruction_classifier_accuracy": worst.get("classifier_accuracy"), "dcor": record["dcor"],
+           "activation_bytes_per_sample": run.metrics["activation_bytes_per_sample"],
+           "gradient_bytes_per_sample": run.metrics["gradient_bytes_per_sample"],
+           "train_time_s": run.metrics["train_time_s"], "attack_time_s": record["attack_time_s"]}
+    wandb_cfg = base_run_config(cfg).wandb
+    log_run(wandb_cfg, attack_dir, f"{cfg.sweep_name()}-{cell.key}-attack", "attack",
+            {"dataset": cfg.dataset, "model": cfg.model, **cell.labels(), "attack": record["settings"]},
+            {**row, "worst_case": worst}, group=wandb_cfg.group, images={"reconstructions": attack_dir / GRID_FILE})
+    return {"key": cell.key, **row, "train_run": str(run.path), "attack_json": str(attack_dir / "attack.json")}
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def _check_folder(sweep_dir: Path, resolved: dict, force: bool) -> None:
+    stored = sweep_dir / SWEEP_FILE
+    if force and sweep_dir.exists():
+        shutil.rmtree(sweep_dir)
+    elif stored.exists():
+        import yaml
+
+        previous = yaml.safe_load(stored.read_text())
+        if previous != resolved:
+            changed = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
+            raise SplitprivError(
+                f"{sweep_dir} holds a sweep with another config (differs in: {', '.join(changed)}); rerun with "
+                f"the same config to resume it, pass --force to start it afresh, or choose another --out/--name")
+
+
+def finished_rows(sweep_dir: Path) -> dict[str, dict]:
+    """The finished cells of ``results.jsonl`` by key (a half-written last line cannot exist:
+    every append rewrites the file atomically)."""
+    path = sweep_dir / RESULTS_FILE
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {row["key"]: row for row in rows}
+
+
+def _classifier(cfg: SweepConfig, seed: int):
+    """The attacker's proxy classifier, trained once per seed and shared by every cell."""
+    run_cfg = dataclasses.replace(base_run_config(cfg), seed=seed)
+    data = _splits(run_cfg)
+    proxy, _, same_classes = load_proxy(data, run_cfg.data, cfg.attack.proxy, cfg.attack.proxy_size, cfg.attack.seed)
+    return fit_proxy_classifier(proxy, data.info.num_classes, cfg.attack.seed, cfg.attack.classifier_max_epochs) if same_classes else None
+
+
+def run_sweep(cfg: SweepConfig, *, force: bool = False, progress: Callable[[str], None] = print) -> list[dict]:
+    """Run every unfinished cell and write the frontier; returns the frontier rows in grid order."""
+    started = time.perf_counter()
+    quiet_lightning()
+    if cfg.workers > 1:  # one thread per process: threads of tiny ops only spin-wait for each other
+        torch.set_num_threads(1)
+    base = base_run_config(cfg)
+    build_attacks(cfg.attack.attacks or default_attack_specs(True, tuple(cfg.attack.decoder_capacities)))
+    data = _splits(dataclasses.replace(base, seed=cfg.seeds[0]))
+    model = build_model(cfg.model, data.info.num_classes, data.info.in_channels, data.info.image_size)
+    cells = grid(cfg, model.cut_points(data.info.input_shape))
+    sweep_dir = Path(cfg.out) / cfg.sweep_name()
+    resolved = json.loads(json.dumps(dataclasses.asdict(dataclasses.replace(cfg, name=cfg.sweep_name()))))
+    _check_folder(sweep_dir, resolved, force)
+    atomic_write_yaml(sweep_dir / SWEEP_FILE, resolved)
+
+    done = finished_rows(sweep_dir)
+    pending = [cell for cell in cells if cell.key not in done]
+    progress(f"sweep {cfg.sweep_name()}: {len(cells)} cells ({len(cells) - len(pending)} already finished) -> {sweep_dir}")
+    classifiers = {seed: _classifier(cfg, seed) for seed in cfg.seeds if any(c.seed == seed for c in pending)}
+    # the shared undefended training, one per seed (and early-exit configuration)
+    for cell in {c.training_key: c for c in pending if not c.defense_specs}.values():
+        shared = dataclasses.replace(cell, cut_layer=model.default_cut())
+        _trained(cell_run_config(cfg, shared, model.default_cut()), {"strength": None, "sweep": cfg.sweep_name()})
+
+    def finished(row: dict, count: int) -> None:
+        atomic_append_line(sweep_dir / RESULTS_FILE, json.dumps(row, default=float))
+        elapsed = time.perf_counter() - started
+        eta = elapsed / count * (len(pending) - count)
+        progress(f"cell {len(done) + count}/{len(cells)} {row['key']}: acc {row['test_accuracy']:.3f} worst mse "
+                 f"{row['worst_mse']:.4f} ssim {row['worst_ssim']:.3f} | elapsed {elapsed:.0f}s, ETA {eta:.0f}s")
+
+    if cfg.workers == 1 or len(pending) <= 1:
+        for count, cell in enumerate(pending, 1):
+            finished(run_cell(cfg, cell, sweep_dir, classifiers[cell.seed]), count)
+    else:
+        with ProcessPoolExecutor(min(cfg.workers, len(pending)), mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(run_cell, cfg, cell, sweep_dir, classifiers[cell.seed]) for cell in pending]
+            for count, future in enumerate(as_completed(futures), 1):
+                finished(future.result(), count)
+
+    rows = write_frontier(sweep_dir, cells)
+    log_summary(cfg, sweep_dir, rows)
+    progress(f"sweep finished in {time.perf_counter() - started:.0f}s")
+    return rows
+
+
+def write_frontier(sweep_dir: Path, cells: list[Cell]) -> list[dict]:
+    """frontier.csv (grid order) and frontier.png from results.jsonl."""
+    done = finished_rows(sweep_dir)
+    rows = [{c: done[cell.key][c] for c in FRONTIER_COLUMNS} for cell in cells if cell.key in done]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, FRONTIER_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(sweep_dir / FRONTIER_CSV, buffer.getvalue())
+    plot_frontier(rows, sweep_dir / FRONTIER_PNG, sweep_dir.name)
+    return rows
+
+
+def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
+    """Accuracy against worst-case MSE: a marker per cell, colour by defense, labelled by cut;
+    the undefended cells joined as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    def series(row: dict) -> str:  # the defense, with the cell's adaptations if any
+        return "+".join([row["defense"], *(f"{k} {row[k]}" for k in ("compression", "exits") if row.get(k, NO_DEFENSE) != NO_DEFENSE)])
+
+    defenses = list(dict.fromkeys(series(row) for row in rows))
+    colours = plt.get_cmap("tab10")
+    for i, defense in enumerate(defenses):
+        mine = sorted((r for r in rows if series(r) == defense), key=lambda r: r["worst_mse"])
+        style = "-o" if defense == NO_DEFENSE else "o"
+        axis.plot([r["worst_mse"] for r in mine], [r["test_accuracy"] for r in mine], style, color=colours(i),
+                  label=defense, alpha=0.85)
+        for r in mine:
+            axis.annotate(r["cut_name"], (r["worst_mse"], r["test_accuracy"]), fontsize=7, xytext=(3, 3),
+                          textcoords="offset points")
+    axis.set_xlabel("worst-case reconstruction MSE (higher = more private)")
+    axis.set_ylabel("test accuracy")
+    axis.set_title(f"privacy-utility frontier: {title}")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    atomic_save_figure(figure, path)
+
+
+def log_summary(cfg: SweepConfig, sweep_dir: Path, rows: list[dict]) -> None:
+    wandb_cfg = base_run_config(cfg).wandb
+    log_run(wandb_cfg, sweep_dir, f"{cfg.sweep_name()}-summary", "summary",
+            {"dataset": cfg.dataset, "model": cfg.model, "sweep": dataclasses.asdict(cfg)}, {"cells": len(rows)},
+            group=wandb_cfg.group, images={"frontier_plot": sweep_dir / FRONTIER_PNG}, tables={"frontier": rows})
+
+
+def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """A plain-text table of frontier rows."""
+    columns = columns or ["cut_layer", "cut_name", "defense", "strength", "seed", "test_accuracy", "worst_mse",
+                          "worst_psnr", "worst_ssim", "reconstruction_classifier_accuracy", "dcor"]
+    headers = {"reconstruction_classifier_accuracy": "recon_cls_acc"}
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+        return "-" if value is None else str(value)
+
+    table = [[headers.get(c, c) for c in columns]] + [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(line, widths)) for line in table)

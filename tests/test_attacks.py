@@ -1,0 +1,206 @@
+"""The attack suite: interface contract, leakage metrics, worst case, ``splitpriv attack``."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from attacks import ATTACKS, AttackSettings, AttackTarget, ProxyData, build_attack, evaluate, run_attacks
+from attacks.metrics import reconstruction_metrics, worst_case
+from splitpriv.cli import main
+from splitpriv.config import load_run_config
+from splitpriv.experiment import train
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second thread only adds synchronisation, and on a loaded machine its
+    spin-waits cost 10-20x (measured); restore the session's setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# tiny budgets for speed; the defaults are what users get
+FAST = {"decoder_inversion": {"capacity": "small", "max_epochs": 4, "patience": 2},
+        "noise_aware": {"capacity": "small", "max_epochs": 4, "patience": 2},
+        "optimization_inversion": {"max_steps": 30, "check_every": 10}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    cfg = load_run_config(None, {"out": str(tmp_path_factory.mktemp("runs")), "name": "plain", "model.cut_layer": 1,
+                                 "training.epochs": 2, "training.progress_bar": False, "wandb.mode": "disabled"})
+    return train(cfg)
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    cfg = load_run_config(None, {"out": str(tmp_path_factory.mktemp("runs")), "name": "noisy", "model.cut_layer": 4,
+                                 "training.epochs": 1, "training.progress_bar": False, "wandb.mode": "disabled",
+                                 "defenses": [{"name": "dp_noise", "epsilon": 32.0}]})
+    return train(cfg)
+
+
+def _unit_images(n=24, seed=0):
+    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def _target(client: nn.Module, randomized=False) -> AttackTarget:
+    images = _unit_images(48, seed=1)
+    normalize = lambda unit: (unit - 0.5) / 0.25  # noqa: E731
+    proxy = ProxyData(normalize(images), images, torch.randint(0, 10, (48,)), "random test images")
+
+    def query(x):
+        with torch.no_grad():
+            return client(x)
+
+    shape = tuple(query(proxy.inputs[:2]).shape[1:])
+    return AttackTarget((1, 8, 8), shape, normalize, randomized, 0, query, client, proxy)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_identical_images_have_zero_mse_and_unit_ssim():
+    images = _unit_images()
+    metrics = reconstruction_metrics(images.clone(), images)
+    assert metrics["mse"] == 0.0
+    assert metrics["ssim"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_known_offset_gives_known_mse_and_psnr():
+    target = _unit_images() * 0.8  # room for a +0.1 shift inside [0, 1]
+    metrics = reconstruction_metrics(target + 0.1, target)
+    assert metrics["mse"] == pytest.approx(0.01, rel=1e-4)
+    assert metrics["psnr"] == pytest.approx(20.0, rel=1e-4)  # 10 log10(1 / 0.01)
+    assert metrics["ssim"] < 1.0
+
+
+def test_metrics_refuse_images_outside_the_unit_range():
+    normalised = (_unit_images() - 0.5) / 0.25
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        reconstruction_metrics(normalised, _unit_images())
+
+
+def test_worst_case_is_the_strongest_attack_on_each_metric():
+    per_attack = {"a": {"mse": 0.02, "psnr": 17.0, "ssim": 0.9, "classifier_accuracy": 0.5},
+                  "b": {"mse": 0.01, "psnr": 20.0, "ssim": 0.8, "classifier_accuracy": 0.7},
+                  "c": {"mse": 0.05, "psnr": 13.0, "ssim": 0.95, "classifier_accuracy": None}}
+    worst = worst_case(per_attack)
+    assert (worst["mse"], worst["mse_attack"]) == (min(a["mse"] for a in per_attack.values()), "b")
+    assert (worst["ssim"], worst["ssim_attack"]) == (max(a["ssim"] for a in per_attack.values()), "c")
+    assert worst["psnr_attack"] == "b" and worst["classifier_accuracy_attack"] == "b"
+
+
+# ----------------------------------------------------------------------------- the interface
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_every_attack_uses_only_its_grants_and_returns_unit_images(name):
+    client = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+    full = _target(client)
+    attack = build_attack({"name": name, **FAST.get(name, {})})
+    private = _unit_images(6, seed=2)
+    messages = full.query(full.normalize(private))
+
+    withheld = full.granted(attack.grants)
+    for grant, attribute in (("query", "query"), ("weights", "client"), ("proxy", "proxy")):
+        assert (getattr(withheld, attribute) is None) == (grant not in attack.grants)
+    result = evaluate(attack, full, messages, private)
+    assert result.reconstructions.shape == private.shape
+    assert 0 <= result.reconstructions.min() and result.reconstructions.max() <= 1
+    assert set(result.metrics) == {"mse", "psnr", "ssim"}
+    assert result.record["grants"] == sorted(attack.grants)
+
+
+def test_optimization_inversion_inverts_an_invertible_client():
+    attack = build_attack({"name": "optimization_inversion", "tv_weight": 0.0, "max_steps": 300})
+    target = _target(nn.Identity())
+    private = _unit_images(8, seed=3)
+    result = evaluate(attack, target, target.query(target.normalize(private)), private)
+    assert result.metrics["mse"] < 1e-3
+
+
+def test_noise_aware_equals_decoder_inversion_against_a_deterministic_client():
+    client = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+    target = _target(client)
+    private = _unit_images(6, seed=2)
+    messages = target.query(target.normalize(private))
+    plain = evaluate(build_attack({"name": "decoder_inversion", **FAST["decoder_inversion"]}), target, messages, private)
+    aware = evaluate(build_attack({"name": "noise_aware", **FAST["noise_aware"]}), target, messages, private)
+    torch.testing.assert_close(aware.reconstructions, plain.reconstructions)
+
+
+def test_unknown_attack_parameters_are_refused():
+    with pytest.raises(ValueError, match="capacity"):
+        build_attack({"name": "decoder_inversion", "capacity": "huge"})
+    with pytest.raises(ValueError, match="parameters of decoder_inversion"):
+        build_attack({"name": "decoder_inversion", "epochs": 3})
+
+
+# ----------------------------------------------------------------------------- run_attacks
+
+
+def test_run_attacks_writes_every_attack_and_the_worst_case(trained, tmp_path):
+    specs = [{"name": "decoder_inversion", **FAST["decoder_inversion"]}, {"name": "optimization_inversion", **FAST["optimization_inversion"]}]
+    record = run_attacks(trained, AttackSettings(attacks=specs, samples=16, classifier_max_epochs=2), out_dir=tmp_path, progress=None)
+    assert json.loads((tmp_path / "attack.json").read_text())["worst_case"] == record["worst_case"]
+    assert (tmp_path / "reconstructions.png").stat().st_size > 0
+    per_attack = record["attacks"]
+    assert set(per_attack) == {"decoder_inversion/small", "optimization_inversion"}
+    assert record["worst_case"]["mse"] == min(a["mse"] for a in per_attack.values())
+    assert record["worst_case"]["ssim"] == max(a["ssim"] for a in per_attack.values())
+    assert record["proxy"]["images"] == len(trained.data.proxy)
+    assert 0 <= record["dcor"] <= 1
+    assert record["private_test_samples"] == 16
+    assert record["threat_model"]["grants"]["optimization_inversion"] == ["weights"]
+
+
+def test_default_set_adds_the_noise_aware_attacker_for_randomized_defenses(noisy, trained, tmp_path):
+    from attacks import default_attack_specs
+    from attacks.suite import deployed_target, load_proxy
+
+    for run, expected in ((noisy, True), (trained, False)):
+        proxy, _, _ = load_proxy(run.data, run.config.data, None, None, 0)
+        target = deployed_target(run, proxy, 0)
+        assert target.randomized is expected
+        names = [spec["name"] for spec in default_attack_specs(target.randomized)]
+        assert ("noise_aware" in names) is expected
+    # messages of a randomised defense differ query by query
+    x = noisy.data.dataset("private_test").tensors[0][:4]
+    assert not torch.equal(noisy.send(x), noisy.send(x))
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def test_attack_command_writes_attack_json(trained, capsys):
+    code = main(["attack", "--run", str(trained.path), "--samples", "8", "--classifier-max-epochs", "2",
+                 "--attacks", "decoder_inversion:capacity=small,max_epochs=2", "optimization_inversion:max_steps=10"])
+    assert code == 0
+    record = json.loads((trained.path / "attack.json").read_text())
+    assert set(record["attacks"]) == {"decoder_inversion/small", "optimization_inversion"}
+    assert "worst case" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["missing", "no_checkpoint", "unknown_attack", "overlapping_proxy"])
+def test_attack_command_bad_inputs_exit_2(case, trained, tmp_path, capsys):
+    run_arg = str(trained.path)
+    extra: list[str] = []
+    if case == "missing":
+        run_arg = str(tmp_path / "nothing")
+    elif case == "no_checkpoint":
+        (tmp_path / "config.yaml").write_text((trained.path / "config.yaml").read_text())
+        run_arg = str(tmp_path)
+    elif case == "unknown_attack":
+        extra = ["--attacks", "mind_reading"]
+    else:  # the private data set's own training split holds the private training images
+        extra = ["--proxy", "digits"]
+    assert main(["attack", "--run", run_arg, *extra]) == 2
+    message = capsys.readouterr().err
+    expected = {"missing": "no run at", "no_checkpoint": "no checkpoint", "unknown_attack": "mind_reading",
+                "overlapping_proxy": "disjoint"}[case]
+    assert expected in message and "Traceback" not in message

@@ -1,0 +1,243 @@
+"""``splitpriv sweep`` and ``splitpriv compare``: grid, resume, shared training, frontier, wandb."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import splitpriv.sweep as sweep
+from splitpriv.cli import main
+from splitpriv.errors import SplitprivError
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second thread only adds synchronisation, and on a loaded machine its
+    spin-waits cost 10-20x (measured); restore the session's setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# a tiny grid with tiny attack budgets (the defaults are what users get)
+TINY = {
+    "name": "tiny", "cuts": [1, "pool"], "workers": 1,
+    "defenses": [{"name": "none"}, {"name": "dp_noise", "parameter": "epsilon", "strengths": [32.0]}],
+    "training": {"epochs": 1},
+    "attack": {"attacks": [{"name": "decoder_inversion", "capacity": "small", "max_epochs": 2, "patience": 1},
+                           {"name": "optimization_inversion", "max_steps": 10}],
+               "samples": 8, "dcor_samples": 8, "classifier_max_epochs": 1},
+    "wandb": {"mode": "disabled"},
+}
+
+
+def tiny(tmp_path: Path, **changes) -> dict:
+    return {**TINY, "out": str(tmp_path), **changes}
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture
+def count_trainings(monkeypatch):
+    calls = []
+    real_train = sweep.train
+
+    def counting_train(cfg, **kwargs):
+        calls.append(cfg.name)
+        return real_train(cfg, **kwargs)
+
+    monkeypatch.setattr(sweep, "train", counting_train)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """One tiny sweep, shared by the read-only checks below."""
+    out = tmp_path_factory.mktemp("sweeps")
+    rows = sweep.run_sweep(sweep.load_sweep_config(tiny(out, wandb={"mode": "offline"})), progress=lambda line: None)
+    return out / "tiny", rows
+
+
+def test_frontier_has_one_row_per_cell_with_the_contract_columns(finished_sweep):
+    folder, rows = finished_sweep
+    table = read_csv(folder / "frontier.csv")
+    assert list(table[0]) == sweep.FRONTIER_COLUMNS
+    assert {(r["cut_name"], r["defense"]) for r in table} == {(c, d) for c in ("relu1", "pool") for d in ("none", "dp_noise")}
+    assert len(table) == len(rows) == 4
+    stored = yaml.safe_load((folder / "sweep.yaml").read_text())
+    assert (stored["dataset"], stored["model"]) == ("digits", "small_cnn")
+    assert (folder / "frontier.png").stat().st_size > 0
+    for row in rows:  # every cell was attacked: its attack.json holds the row's worst case
+        attack = json.loads((folder / "attacks" / f"cut{row['cut_layer']}-{row['defense']}"
+                             f"{'' if row['strength'] is None else '-32'}-seed0" / "attack.json").read_text())
+        assert attack["worst_case"]["mse"] == row["worst_mse"]
+
+
+def test_undefended_cells_share_one_training(tmp_path, count_trainings):
+    cfg = sweep.load_sweep_config(tiny(tmp_path, cuts=[0, 7], defenses=[{"name": "none"}]))
+    rows = sweep.run_sweep(cfg, progress=lambda line: None)
+    assert count_trainings == ["none-seed0"]
+    assert [r["cut_layer"] for r in rows] == [0, 7]
+    assert len({r["test_accuracy"] for r in rows}) == 1  # one network, cut anywhere
+    assert len({r["activation_bytes_per_sample"] for r in rows}) > 1  # but each cut sends its own message
+
+
+def test_resume_after_a_kill_loses_and_duplicates_nothing(tmp_path, monkeypatch, count_trainings):
+    cfg = sweep.load_sweep_config(tiny(tmp_path, cuts=[0, 4, 7], defenses=[{"name": "none"}]))
+    real_run_cell, attacked = sweep.run_cell, []
+
+    def killed_after_two(*args, **kwargs):
+        if len(attacked) == 2:
+            raise KeyboardInterrupt  # the process dies mid-sweep
+        attacked.append(args[1].key)
+        return real_run_cell(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "run_cell", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(cfg, progress=lambda line: None)
+    assert len(sweep.finished_rows(tmp_path / "tiny")) == 2
+
+    monkeypatch.setattr(sweep, "run_cell", lambda *a, **k: (attacked.append(a[1].key), real_run_cell(*a, **k))[1])
+    rows = sweep.run_sweep(cfg, progress=lambda line: None)
+    lines = (tmp_path / "tiny" / "results.jsonl").read_text().splitlines()
+    keys = [json.loads(line)["key"] for line in lines]
+    assert len(keys) == len(set(keys)) == 3 == len(rows)
+    assert len(attacked) == 3 and len(set(attacked)) == 3  # no finished cell attacked twice
+    assert count_trainings == ["none-seed0"]  # the shared training survived the kill
+
+
+def test_a_changed_config_is_refused_unless_forced(finished_sweep, tmp_path):
+    folder, _ = finished_sweep
+    copy = tmp_path / "tiny"
+    shutil.copytree(folder, copy)
+    changed = sweep.load_sweep_config(tiny(tmp_path, cuts=[1], defenses=[{"name": "none"}], seeds=[1]))
+    with pytest.raises(SplitprivError, match="seeds"):
+        sweep.run_sweep(changed, progress=lambda line: None)
+    forced = sweep.run_sweep(changed, force=True, progress=lambda line: None)
+    assert {r["seed"] for r in forced} == {1}
+    assert {json.loads(line)["seed"] for line in (copy / "results.jsonl").read_text().splitlines()} == {1}
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"defenses": []}, "at least one"),
+    ({"cuts": []}, "at least one"),
+    ({"cuts": ["nowhere"]}, "nowhere"),
+    ({"defenses": [{"name": "dp_noise", "parameter": "epsilon"}]}, "strengths"),
+    ({"defenses": [{"name": "dp_noise", "parameter": "sigma", "strengths": [1.0]}]}, "sigma"),
+    ({"attack": {"attacks": [{"name": "mind_reading"}]}}, "mind_reading"),
+    ({"data": {"dataset": "mnist"}}, "data.dataset"),
+    ({"epochs": 3}, "epochs"),
+])
+def test_bad_sweep_configs_exit_2_before_any_work(change, key, tmp_path, capsys, count_trainings):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(tiny(tmp_path, **change)))
+    assert main(["sweep", "--config", str(config)]) == 2
+    message = capsys.readouterr().err
+    assert key in message and "Traceback" not in message
+    assert count_trainings == []
+
+
+def test_compare_prints_sweeps_side_by_side(finished_sweep, tmp_path, capsys):
+    folder, rows = finished_sweep
+    other = tmp_path / "other"
+    other.mkdir()
+    table = read_csv(folder / "frontier.csv")
+    for row in table:
+        row["worst_mse"] = str(float(row["worst_mse"]) * 2)
+    with open(other / "frontier.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, sweep.FRONTIER_COLUMNS)
+        writer.writeheader()
+        writer.writerows(table[:3])
+    assert main(["compare", str(folder), str(other)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "tiny:w_mse" in lines[0] and "other:w_mse" in lines[0]
+    assert len(lines) == 1 + len(rows)
+    for row in rows:
+        line = next(l for l in lines if l.split()[0] == f"{row['cut_layer']}:{row['cut_name']}" and row["defense"] in l)
+        assert f"{row['worst_mse']:.4f}" in line
+    missing = next(l for l in lines if l.split()[0] == "4:pool" and "dp_noise" in l)
+    assert missing.rstrip().endswith("-")  # the cell absent from 'other'
+    assert main(["compare", str(tmp_path / "absent")]) == 2
+
+
+def test_wandb_offline_runs_match_the_frontier(finished_sweep):
+    folder, rows = finished_sweep
+    frontier = read_csv(folder / "frontier.csv")
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    for row, csv_row in zip(rows, frontier):
+        key = f"cut{row['cut_layer']}-{row['defense']}{'' if row['strength'] is None else '-32'}-seed0"
+        out = subprocess.run([str(wandb_cli), "leet", "inspect", "--summary", "--json",
+                              str(folder / "attacks" / key / "wandb" / "latest-run")],
+                             capture_output=True, text=True, check=True).stdout
+        logged = json.loads(out)
+        summary, config = logged["summary"], logged["config"]
+        for column in ("cut_layer", "cut_name", "defense", "strength", "seed"):
+            assert _value(config[column]) == _value(row[column])
+        for column in ("test_accuracy", "worst_mse", "worst_psnr", "worst_ssim", "dcor", "activation_bytes_per_sample"):
+            assert summary[column] == pytest.approx(float(csv_row[column]), rel=1e-6)
+    assert (folder / "wandb" / "latest-run").exists()  # the summary run with the frontier table
+
+
+def _value(value):
+    if isinstance(value, dict) and "value" in value:
+        return value["value"]
+    return value
+
+
+STRONGEST = {"epsilon": min, "target_epsilon": min}  # a smaller budget is stronger; weights: larger
+
+
+@pytest.fixture(scope="module")
+def mnist_frontier(tmp_path_factory):
+    """experiments/mnist_sweep.yaml on real MNIST at its shallowest and deepest cut, each defense at its
+    strongest strength (about 20 minutes on 2 CPU cores)."""
+    from conftest import real_data_root
+
+    root = real_data_root()
+    if root is None:
+        pytest.skip("real MNIST not found: set SPLITPRIV_DATA to a folder holding MNIST/raw")
+    values = yaml.safe_load((Path(__file__).parents[1] / "experiments" / "mnist_sweep.yaml").read_text())
+    defenses = [{"name": "none"}] + [
+        {**axis, "strengths": [STRONGEST.get(axis["parameter"], max)(axis["strengths"])]}
+        for axis in values["defenses"] if axis["name"] != "none"]
+    cfg = sweep.load_sweep_config({
+        **values, "out": str(tmp_path_factory.mktemp("mnist_sweep")), "cuts": ["relu1", "relu3"],
+        "defenses": defenses, "workers": 2,
+        "data": {**values["data"], "root": str(root), "train_size": 10000, "test_size": 500},
+        "training": {**values["training"], "epochs": 2},
+        # a reduced decoder budget keeps this check near 20 minutes on 2 CPU cores; the strength of
+        # the full default set is benchmarks/attack_strength.py's job
+        "attack": {"attacks": [{"name": "decoder_inversion", "capacity": "small", "max_epochs": 8},
+                               {"name": "noise_aware", "capacity": "small", "max_epochs": 8},
+                               {"name": "optimization_inversion"}],
+                   "samples": 128, "proxy_size": 3000}, "wandb": {"mode": "disabled"}})
+    rows = sweep.run_sweep(cfg)
+    print(sweep.format_table(rows))
+    return defenses, {(r["cut_name"], r["defense"]): r["worst_mse"] for r in rows}
+
+
+@pytest.mark.slow
+def test_mnist_undefended_leakage_falls_with_depth(mnist_frontier):
+    _, mse = mnist_frontier
+    assert mse["relu1", "none"] < mse["relu3", "none"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="measured on 2026-11-26 (README): at relu1 the white-box optimisation attack inverts "
+                          "the first conv+ReLU almost exactly under distance_correlation (w 2) and "
+                          "decoder_reconstruction (w 2) as well; only dp_noise raised the worst-case MSE",
+                   strict=False)
+def test_mnist_each_defense_leaks_less_than_none_at_the_same_cut(mnist_frontier):
+    defenses, mse = mnist_frontier
+    weaker = [axis["name"] for axis in defenses[1:] if not mse["relu1", axis["name"]] > mse["relu1", "none"]]
+    assert not weaker, f"defenses that do not raise the worst-case MSE at relu1: {weaker}"
