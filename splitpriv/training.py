@@ -66,7 +66,9 @@ class SplitLearningModule(L.LightningModule):
         self.exit_weights = exit_weights or ExitWeights()
         self.client_optimizer_cfg = client_optimizer or OptimizerConfig()
         self.server_optimizer_cfg = server_optimizer or OptimizerConfig()
-        self.accuracy = nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(num_classes, average="micro") for s in ("train", "val", "test")})
+        # the training metric skips torchmetrics' per-update input checks: they cost more than the split
+        self.accuracy = nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(num_classes, average="micro", validate_args=s != "train")
+                                       for s in ("train", "val", "test")})
         self.activation_bytes_per_sample = 0
         self.gradient_bytes_per_sample = 0
         self._train_loss_sum = torch.zeros(())
@@ -138,7 +140,9 @@ class SplitLearningModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        optimizers = self.optimizers()
+        # the plain optimizers and backward: the parties' updates need none of Lightning's per-call
+        # hooks, which would cost more than the split itself on small models
+        optimizers = self.optimizers(use_pl_optimizer=False)
         client_opt, server_opt = optimizers[0], optimizers[1]
         activation, message, client_exit_logits = self.client_forward(x, training=True)
 
@@ -146,7 +150,7 @@ class SplitLearningModule(L.LightningModule):
         logits, server_exit_logits = run_blocks(self.server, self.server_exits, sent)
         loss = F.cross_entropy(logits, y)
         server_opt.zero_grad()
-        self.manual_backward(loss + self.exit_loss(self.server_exits, server_exit_logits, y) if server_exit_logits else loss)
+        (loss + self.exit_loss(self.server_exits, server_exit_logits, y) if server_exit_logits else loss).backward()
         server_opt.step()
         returned_gradient = sent.grad  # the network boundary, backward
 
@@ -160,7 +164,7 @@ class SplitLearningModule(L.LightningModule):
             if extra is not None:
                 client_objective = client_objective + extra
         client_opt.zero_grad()
-        self.manual_backward(client_objective)
+        client_objective.backward()
         client_opt.step()
 
         for i, defense in enumerate(self.defenses):
