@@ -7,7 +7,9 @@ import torch
 # tests never touch the network: wandb writes offline runs (or nothing) locally
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# tiny tensors: a second thread only adds synchronisation, and on a busy machine its spin-waits
+# cost 10-20x (measured); scripts and benchmarks keep torch's default
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

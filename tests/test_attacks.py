@@ -13,14 +13,6 @@ from splitpriv.cli import main
 from splitpriv.config import load_run_config
 from splitpriv.experiment import train
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, and on a loaded machine its
-    spin-waits cost 10-20x (measured); restore the session's setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # tiny budgets for speed; the defaults are what users get

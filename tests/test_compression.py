@@ -14,13 +14,6 @@ from splitpriv.models import build_model
 from splitpriv.runs import load_run
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two busy cores: one torch thread per test process avoids oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _message(seed=0, shape=(6, 8, 5, 5)):

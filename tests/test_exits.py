@@ -2,7 +2,6 @@ import csv
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from splitpriv.cli import main
@@ -11,13 +10,6 @@ from splitpriv.exits import FINAL, ExitWeights, choose, chosen_exits, collect, e
 from splitpriv.experiment import build_module, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two busy cores: one torch thread per test process avoids oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

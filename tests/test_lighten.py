@@ -12,13 +12,6 @@ from splitpriv.lighten import distill, lighten, nonzero_parameters, prune_magnit
 MAX_DISTILLATION_DROP = 0.05
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two busy cores: one torch thread per test process avoids oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

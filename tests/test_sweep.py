@@ -9,21 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 import splitpriv.sweep as sweep
 from splitpriv.cli import main
 from splitpriv.errors import SplitprivError
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation, and on a loaded machine its
-    spin-waits cost 10-20x (measured); restore the session's setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # a tiny grid with tiny attack budgets (the defaults are what users get)
