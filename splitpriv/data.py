@@ -118,7 +118,7 @@ def _as_nchw(x: np.ndarray) -> torch.Tensor:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         x = x.transpose(0, 3, 1, 2)
-    return torch.from_numpy(np.ascontiguousarray(x))
+    return torch.from_numpy(np.require(x, requirements=["C", "W"]))  # frombuffer arrays are read-only
 
 
 @register_dataset("digits")

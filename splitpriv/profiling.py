@@ -72,8 +72,9 @@ class CutProfile:
     server_time_s: float = float("nan")
 
 
-def count_flops(module: nn.Module, inputs: torch.Tensor, backward: bool = False) -> int:
-    """FLOPs of ``module(inputs)`` (and of its backward pass when ``backward``), torch's counter."""
+def count_flops(module: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, backward: bool = False) -> int:
+    """FLOPs of ``module(inputs)`` (and of its backward pass when ``backward``), torch's counter;
+    ``module`` may be any callable, e.g. a run's deployed client ``run.send``."""
     with FlopCounterMode(display=False) as counter:
         output = module(inputs)
         if backward and output.requires_grad:

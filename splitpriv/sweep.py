@@ -31,13 +31,15 @@ from splitpriv.data import make_splits
 from splitpriv.errors import ConfigError, SplitprivError
 from splitpriv.experiment import quiet_lightning, train
 from splitpriv.models import build_model
+from splitpriv.profiling import count_flops
 from splitpriv.runs import METRICS_FILE, atomic_append_line, atomic_save_figure, atomic_write_text, atomic_write_yaml, load_run
 from splitpriv.tracking import log_run
 
 SWEEP_FILE, RESULTS_FILE, FRONTIER_CSV, FRONTIER_PNG = "sweep.yaml", "results.jsonl", "frontier.csv", "frontier.png"
 FRONTIER_COLUMNS = ["cut_layer", "cut_name", "defense", "strength", "seed", "test_accuracy", "worst_mse", "worst_psnr",
                     "worst_ssim", "reconstruction_classifier_accuracy", "dcor", "activation_bytes_per_sample",
-                    "train_time_s", "attack_time_s", "compression", "exits", "gradient_bytes_per_sample"]
+                    "train_time_s", "attack_time_s", "compression", "exits", "gradient_bytes_per_sample",
+                    "client_flops_per_sample"]
 NO_DEFENSE = "none"
 
 
@@ -279,6 +281,7 @@ def run_cell(cfg: SweepConfig, cell: Cell, sweep_dir: Path, classifier: torch.nn
            "reconstruction_classifier_accuracy": worst.get("classifier_accuracy"), "dcor": record["dcor"],
            "activation_bytes_per_sample": run.metrics["activation_bytes_per_sample"],
            "gradient_bytes_per_sample": run.metrics["gradient_bytes_per_sample"],
+           "client_flops_per_sample": count_flops(run.send, run.data.dataset("private_test").tensors[0][:1]),
            "train_time_s": run.metrics["train_time_s"], "attack_time_s": record["attack_time_s"]}
     wandb_cfg = base_run_config(cfg).wandb
     log_run(wandb_cfg, attack_dir, f"{cfg.sweep_name()}-{cell.key}-attack", "attack",

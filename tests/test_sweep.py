@@ -9,11 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import splitpriv.sweep as sweep
 from splitpriv.cli import main
 from splitpriv.errors import SplitprivError
+from splitpriv.models import build_model
+from splitpriv.profiling import count_flops
 
 
 
@@ -81,6 +84,12 @@ def test_undefended_cells_share_one_training(tmp_path, count_trainings):
     assert [r["cut_layer"] for r in rows] == [0, 7]
     assert len({r["test_accuracy"] for r in rows}) == 1  # one network, cut anywhere
     assert len({r["activation_bytes_per_sample"] for r in rows}) > 1  # but each cut sends its own message
+    # the client's FLOPs per sample, as torch counts them by hand here: conv1 at cut 0; the whole
+    # network but its last layer at cut 7 (relu3)
+    model = build_model("small_cnn", 10, 1, 8)
+    x = torch.zeros(1, 1, 8, 8)
+    assert rows[0]["client_flops_per_sample"] == count_flops(model.split(0)[0], x) == 2 * 16 * 9 * 8 * 8
+    assert rows[1]["client_flops_per_sample"] == count_flops(model.split(7)[0], x) > rows[0]["client_flops_per_sample"]
 
 
 def test_resume_after_a_kill_loses_and_duplicates_nothing(tmp_path, monkeypatch, count_trainings):
