@@ -24,3 +24,13 @@ def test_vgg_config_cut_exists():
 
     cfg = load_run_config(EXPERIMENTS / "cifar10_vgg16.yaml")
     assert build_model(cfg.model.name, 10, 3, 32).cut_name(cfg.model.cut_layer) == "features_9_pool"
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*_sweep.yaml")), ids=lambda p: p.name)
+def test_sweep_config_is_valid_and_its_grid_is_not_empty(path):
+    import yaml
+
+    from splitpriv import sweep
+
+    cfg = sweep.load_sweep_config(yaml.safe_load(path.read_text()))
+    assert cfg.dataset and cfg.model
