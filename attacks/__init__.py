@@ -2,12 +2,11 @@
 subclass and one line in ``ATTACKS`` below."""
 from __future__ import annotations
 
-import inspect
-
 from attacks.base import Attack, AttackResult, AttackTarget, ProxyData, evaluate
 from attacks.decoder_inversion import DecoderInversion
 from attacks.noise_aware import NoiseAwareInversion
 from attacks.optimization_inversion import OptimizationInversion
+from splitpriv.config import build_registered
 from splitpriv.errors import ConfigError
 
 ATTACKS: dict[str, type[Attack]] = {
@@ -35,20 +34,7 @@ def default_attack_specs(randomized: bool, decoder_capacities: tuple[str, ...] =
 
 def build_attack(spec: dict, key: str = "attacks[0]") -> Attack:
     """``{name: ..., **params}`` -> an Attack; unknown names or parameters -> ConfigError."""
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise ConfigError(key, spec, "a mapping with a 'name' key, e.g. {name: decoder_inversion, capacity: large}")
-    cls = ATTACKS.get(spec["name"])
-    if cls is None:
-        raise ConfigError(f"{key}.name", spec["name"], f"one of {sorted(ATTACKS)}")
-    params = {k: v for k, v in spec.items() if k != "name"}
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    for param in params:
-        if param not in accepted:
-            raise ConfigError(f"{key}.{param}", params[param], f"parameters of {cls.name}: {sorted(accepted)}")
-    try:
-        return cls(**params)
-    except ConfigError as error:
-        raise ConfigError(f"{key}.{error.key}", error.value, error.allowed) from None
+    return build_registered(ATTACKS, spec, key, "{name: decoder_inversion, capacity: large}")
 
 
 def build_attacks(specs: list[dict]) -> list[Attack]:

@@ -2,10 +2,8 @@
 line in ``DEFENSES`` below."""
 from __future__ import annotations
 
-import inspect
-
 from defenses.base import CutContext, Defense
-from splitpriv.errors import ConfigError
+from splitpriv.config import build_registered
 
 DEFENSES: dict[str, type[Defense]] = {}
 
@@ -18,20 +16,7 @@ def register_defense(cls: type[Defense]) -> type[Defense]:
 
 def build_defense(spec: dict, key: str = "defenses[0]") -> Defense:
     """``{name: ..., **params}`` -> a Defense; unknown names or parameters -> ConfigError."""
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise ConfigError(key, spec, "a mapping with a 'name' key, e.g. {name: dp_noise, epsilon: 8}")
-    params = {k: v for k, v in spec.items() if k != "name"}
-    cls = DEFENSES.get(spec["name"])
-    if cls is None:
-        raise ConfigError(f"{key}.name", spec["name"], f"one of {sorted(DEFENSES)}")
-    accepted = inspect.signature(cls.__init__).parameters
-    for param in params:
-        if param not in accepted:
-            raise ConfigError(f"{key}.{param}", params[param], f"parameters of {cls.name}: {sorted(p for p in accepted if p != 'self')}")
-    try:
-        return cls(**params)
-    except ConfigError as error:
-        raise ConfigError(f"{key}.{error.key}", error.value, error.allowed) from None
+    return build_registered(DEFENSES, spec, key, "{name: dp_noise, epsilon: 8}")
 
 
 def build_defenses(specs: list[dict]) -> list[Defense]:

@@ -6,6 +6,7 @@ Unknown keys, wrong types and out-of-range values raise :class:`ConfigError` nam
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
 from dataclasses import dataclass, field
@@ -199,3 +200,23 @@ def load_run_config(path: str | Path | None = None, overrides: dict | None = Non
     for dotted_key, value in (overrides or {}).items():
         set_dotted(values, dotted_key, value)
     return from_dict(RunConfig, values)
+
+
+def build_registered(registry: dict[str, type], spec: Any, key: str, example: str):
+    """``{name: ..., **params}`` -> ``registry[name](**params)``, for defenses and attacks alike.
+
+    Unknown names and parameters, and a class's own ConfigErrors, come back named after ``key``."""
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError(key, spec, f"a mapping with a 'name' key, e.g. {example}")
+    cls = registry.get(spec["name"])
+    if cls is None:
+        raise ConfigError(f"{key}.name", spec["name"], f"one of {sorted(registry)}")
+    params = {k: v for k, v in spec.items() if k != "name"}
+    accepted = sorted(p for p in inspect.signature(cls.__init__).parameters if p != "self")
+    for param in params:
+        if param not in accepted:
+            raise ConfigError(f"{key}.{param}", params[param], f"parameters of {spec['name']}: {accepted}")
+    try:
+        return cls(**params)
+    except ConfigError as error:
+        raise ConfigError(f"{key}.{error.key}", error.value, error.allowed) from None
