@@ -175,14 +175,10 @@ def load_run(path: str | Path) -> Run:
     resolved = stored.pop("resolved", {})
     config = from_dict(RunConfig, stored)
     import_plugins(config.plugins)
-    data = None
-    info = resolved.get("dataset_info")
-    if info is None:  # older run folders: rebuild the data to learn the shapes
-        data = Run(path, config, resolved, {}, None).data
-        info = data.info.__dict__
+    info = resolved["dataset_info"]
     module = build_module(config, info["num_classes"], info["in_channels"], info["image_size"])
     state = torch.load(path / CHECKPOINT, map_location="cpu", weights_only=False)["state_dict"]
     module.load_state_dict(state)
     module.eval()
     metrics = json.loads((path / METRICS_FILE).read_text()) if (path / METRICS_FILE).exists() else {}
-    return Run(path, config, resolved, metrics, module, data)
+    return Run(path, config, resolved, metrics, module)
