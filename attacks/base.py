@@ -121,14 +121,27 @@ def evaluate(attack: Attack, target: AttackTarget, messages: torch.Tensor, origi
 @dataclass
 class EarlyStopping:
     """Train until the held-out loss stops improving: ``patience`` epochs without a relative
-    improvement of ``min_delta``, at most ``max_epochs``; the best weights are restored."""
+    improvement of ``min_delta``, at most ``max_epochs``; the best weights are restored.
+
+    ``batch_size`` None: ``auto_batch_size`` of the training set."""
 
     max_epochs: int = 500
     patience: int = 10
     min_delta: float = 1e-3
-    batch_size: int = 64
+    batch_size: int | None = None
     lr: float = 1e-3
     holdout_fraction: float = 0.1
+
+
+def auto_batch_size(n: int, steps_per_epoch: int = 8, smallest: int = 16, largest: int = 64) -> int:
+    """A batch size giving at least ``steps_per_epoch`` optimizer steps per epoch, in [smallest, largest].
+
+    Patience counts epochs, so on a small proxy a fixed batch of 64 starves the fit of steps: on the
+    digits proxy (259 images, 4 steps per epoch) early stopping ended decoders under-fitted. With
+    batch 32 the default sweep's worst-case MSE fell by up to 21 % (undefended fc1: 0.0213 -> 0.0168),
+    with a large decoder of a twentieth of the old one's FLOPs (README, "Measured").
+    """
+    return max(smallest, min(largest, n // steps_per_epoch))
 
 
 def holdout_split(n: int, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,13 +170,15 @@ def fit_with_early_stopping(
     A plain loop rather than a Lightning Trainer: an attack fits hundreds of tiny epochs per
     cell, where the Trainer's per-fit and per-epoch overhead would cost more than the fitting.
     """
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    # fused: one kernel for all parameters; these small models spend most of a step in overhead
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, fused=True)
+    batch_size = settings.batch_size or auto_batch_size(len(train_targets))
     best_loss, best_state, best_epoch, epoch = float("inf"), copy.deepcopy(model.state_dict()), 0, 0
     last_report = time.perf_counter()
     for epoch in range(1, settings.max_epochs + 1):
         inputs = train_inputs() if callable(train_inputs) else train_inputs
         model.train()
-        for batch in torch.randperm(len(train_targets), generator=generator).split(settings.batch_size):
+        for batch in torch.randperm(len(train_targets), generator=generator).split(batch_size):
             if len(batch) < 2 and len(train_targets) > 1:  # BatchNorm needs two samples
                 continue
             loss = loss_fn(model(inputs[batch]), train_targets[batch])
@@ -182,4 +197,4 @@ def fit_with_early_stopping(
             last_report = time.perf_counter()
     model.load_state_dict(best_state)
     model.eval()
-    return {"epochs": epoch, "best_epoch": best_epoch, "holdout_loss": best_loss}
+    return {"epochs": epoch, "best_epoch": best_epoch, "holdout_loss": best_loss, "batch_size": batch_size}

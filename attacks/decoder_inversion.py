@@ -25,13 +25,13 @@ class DecoderInversion(Attack):
     grants = frozenset({"query", "proxy"})
     fresh_queries = False  # one query per proxy image, as a passive server would record them
 
-    def __init__(self, capacity: str = "large", max_epochs: int = 500, patience: int = 10, batch_size: int = 64,
-                 lr: float = 1e-3, holdout_fraction: float = 0.1, min_delta: float = 1e-3):
+    def __init__(self, capacity: str = "large", max_epochs: int = 500, patience: int = 10, batch_size: int | None = None,
+                 lr: float = 2e-3, holdout_fraction: float = 0.1, min_delta: float = 1e-3):
         if capacity not in CAPACITIES:
             raise ConfigError("capacity", capacity, f"one of {sorted(CAPACITIES)}")
         for key, value in (("max_epochs", max_epochs), ("patience", patience), ("batch_size", batch_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(key, value, "an integer >= 1")
+            if not (isinstance(value, int) and value >= 1) and not (key == "batch_size" and value is None):
+                raise ConfigError(key, value, "an integer >= 1" + (" or null (auto)" if key == "batch_size" else ""))
         if not 0 < holdout_fraction < 1:
             raise ConfigError("holdout_fraction", holdout_fraction, "a fraction in (0, 1)")
         if lr <= 0 or min_delta < 0:

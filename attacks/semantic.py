@@ -19,7 +19,7 @@ CLASSIFIER_MODEL = "small_cnn"  # a plain CNN: the attacker's own model, indepen
 
 def fit_proxy_classifier(proxy: ProxyData, num_classes: int, seed: int = 0, max_epochs: int = 100) -> torch.nn.Module:
     """The attacker's classifier, trained on the proxy images (model inputs) and labels."""
-    stopping = EarlyStopping(max_epochs=max_epochs, patience=5, lr=1e-3, batch_size=64)
+    stopping = EarlyStopping(max_epochs=max_epochs, patience=5, lr=1e-3)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     _, channels, size, _ = proxy.inputs.shape

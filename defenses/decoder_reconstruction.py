@@ -40,7 +40,7 @@ class DecoderReconstruction(Defense):
 
     name = "decoder_reconstruction"
 
-    def __init__(self, weight: float = 1.0, capacity: str = "small", penalty: str = "mse", ssim_threshold: float = 0.5,
+    def __init__(self, weight: float = 1.0, capacity: str = "medium", penalty: str = "mse", ssim_threshold: float = 0.5,
                  max_task_loss: float | None = None, decoder_lr: float = 1e-3):
         super().__init__()
         if not is_number(weight) or weight < 0:

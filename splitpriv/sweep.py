@@ -59,9 +59,8 @@ DEFAULT_DEFENSES = [
     {"name": "dp_noise", "parameter": "epsilon", "strengths": [32.0], "params": {"mechanism": "laplace", "clip": "median"}},
     {"name": "decoder_reconstruction", "parameter": "weight", "strengths": [5.0]},
 ]
-# The embedded default runs on tiny 8x8 digits within 3 minutes on 2 CPU cores: a small decoder
-# there reconstructs as well as a large one (see README) at a fraction of the cost.
-DEFAULT_SWEEP_ATTACK = {"decoder_capacities": ["small"], "samples": 128}
+# the default attack set, scored on 128 private test images per cell
+DEFAULT_SWEEP_ATTACK = {"samples": 128}
 
 
 @dataclass
@@ -246,6 +245,14 @@ def _trained(run_cfg: RunConfig, tracking: dict):
     return train(run_cfg, force=True, data=_splits(run_cfg), tracking=tracking)
 
 
+def train_shared(cfg: SweepConfig, cell: Cell) -> None:
+    """The undefended training that every undefended cell of ``cell``'s seed recuts."""
+    if cfg.workers > 1:
+        torch.set_num_threads(1)
+    quiet_lightning()
+    _trained(cell_run_config(cfg, cell, cell.cut_layer), {"strength": None, "sweep": cfg.sweep_name()})
+
+
 def cell_run_config(cfg: SweepConfig, cell: Cell, cut_layer: int) -> RunConfig:
     base = base_run_config(cfg)
     return dataclasses.replace(base, name=cell.training_key, seed=cell.seed, defenses=cell.defense_specs,
@@ -345,11 +352,10 @@ def run_sweep(cfg: SweepConfig, *, force: bool = False, progress: Callable[[str]
     done = finished_rows(sweep_dir)
     pending = [cell for cell in cells if cell.key not in done]
     progress(f"sweep {cfg.sweep_name()}: {len(cells)} cells ({len(cells) - len(pending)} already finished) -> {sweep_dir}")
-    classifiers = {seed: _classifier(cfg, seed) for seed in cfg.seeds if any(c.seed == seed for c in pending)}
-    # the shared undefended training, one per seed (and early-exit configuration)
-    for cell in {c.training_key: c for c in pending if not c.defense_specs}.values():
-        shared = dataclasses.replace(cell, cut_layer=model.default_cut())
-        _trained(cell_run_config(cfg, shared, model.default_cut()), {"strength": None, "sweep": cfg.sweep_name()})
+    seeds = [seed for seed in cfg.seeds if any(c.seed == seed for c in pending)]
+    # the shared undefended trainings, one per seed (and early-exit configuration)
+    shared = [dataclasses.replace(c, cut_layer=model.default_cut()) for c in
+              {c.training_key: c for c in pending if not c.defense_specs}.values()]
 
     def finished(row: dict, count: int) -> None:
         atomic_append_line(sweep_dir / RESULTS_FILE, json.dumps(row, default=float))
@@ -359,11 +365,22 @@ def run_sweep(cfg: SweepConfig, *, force: bool = False, progress: Callable[[str]
                  f"{row['worst_mse']:.4f} ssim {row['worst_ssim']:.3f} | elapsed {elapsed:.0f}s, ETA {eta:.0f}s")
 
     if cfg.workers == 1 or len(pending) <= 1:
+        classifiers = {seed: _classifier(cfg, seed) for seed in seeds}
+        for cell in shared:
+            train_shared(cfg, cell)
         for count, cell in enumerate(pending, 1):
             finished(run_cell(cfg, cell, sweep_dir, classifiers[cell.seed]), count)
     else:
         with ProcessPoolExecutor(min(cfg.workers, len(pending)), mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(run_cell, cfg, cell, sweep_dir, classifiers[cell.seed]) for cell in pending]
+            # no core idles at the start: the shared trainings run in the pool while this process
+            # fits the attacker's classifier; the defended cells go first, the undefended ones
+            # once their shared training is done
+            trainings = [pool.submit(train_shared, cfg, cell) for cell in shared]
+            classifiers = {seed: _classifier(cfg, seed) for seed in seeds}
+            futures = [pool.submit(run_cell, cfg, cell, sweep_dir, classifiers[cell.seed]) for cell in pending if cell.defense_specs]
+            for training in trainings:
+                training.result()
+            futures += [pool.submit(run_cell, cfg, cell, sweep_dir, classifiers[cell.seed]) for cell in pending if not cell.defense_specs]
             for count, future in enumerate(as_completed(futures), 1):
                 finished(future.result(), count)
 

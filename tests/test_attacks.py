@@ -131,6 +131,23 @@ def test_unknown_attack_parameters_are_refused():
         build_attack({"name": "decoder_inversion", "capacity": "huge"})
     with pytest.raises(ValueError, match="parameters of decoder_inversion"):
         build_attack({"name": "decoder_inversion", "epochs": 3})
+    for batch_size in (0, 2.5):
+        with pytest.raises(ValueError, match="batch_size"):
+            build_attack({"name": "decoder_inversion", "batch_size": batch_size})
+    build_attack({"name": "decoder_inversion", "batch_size": None})  # auto
+
+
+def test_decoders_fit_with_enough_steps_per_epoch_on_a_small_proxy():
+    """A fixed batch of 64 gave 4 steps per epoch on the digits proxy and under-fitted decoders."""
+    from attacks.base import EarlyStopping, fit_with_early_stopping
+
+    torch.manual_seed(0)
+    for n, batch_size in ((259, 32), (100, 16), (9000, 64)):
+        model = torch.nn.Linear(4, 1)
+        inputs, targets = torch.randn(n, 4), torch.randn(n, 1)
+        summary = fit_with_early_stopping(model, torch.nn.functional.mse_loss, inputs, targets, inputs[:8], targets[:8],
+                                          EarlyStopping(max_epochs=1), torch.Generator().manual_seed(0))
+        assert summary["batch_size"] == batch_size  # >= 8 steps per epoch, within [16, 64]
 
 
 # ----------------------------------------------------------------------------- run_attacks
@@ -176,6 +193,34 @@ def test_attack_command_writes_attack_json(trained, capsys):
     record = json.loads((trained.path / "attack.json").read_text())
     assert set(record["attacks"]) == {"decoder_inversion/small", "optimization_inversion"}
     assert "worst case" in capsys.readouterr().out
+
+
+def test_attack_command_logs_an_offline_wandb_run(trained, monkeypatch, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    folder = shutil.copytree(trained.path, tmp_path / "run")  # with the tracking mode left to the environment
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["wandb"]["mode"] = None
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert main(["attack", "--run", str(folder), "--samples", "8", "--classifier-max-epochs", "2",
+                 "--attacks", "decoder_inversion:capacity=small,max_epochs=2", "optimization_inversion:max_steps=10"]) == 0
+    record = json.loads((folder / "attack.json").read_text())
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--summary", "--json",
+                          str(folder / "attack-wandb" / "wandb" / "latest-run")],
+                         capture_output=True, text=True, check=True).stdout
+    logged = json.loads(out)
+    assert logged["summary"]["worst_mse"] == pytest.approx(record["worst_case"]["mse"], rel=1e-6)
+    assert logged["summary"]["dcor"] == pytest.approx(record["dcor"], rel=1e-6)
+    config = {key: value["value"] if isinstance(value, dict) and "value" in value else value
+              for key, value in logged["config"].items()}
+    assert (config["cut_name"], config["defense"]) == (record["cut_name"], "none")
 
 
 @pytest.mark.parametrize("case", ["missing", "no_checkpoint", "unknown_attack", "overlapping_proxy"])
