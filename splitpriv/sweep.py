@@ -245,11 +245,15 @@ def _trained(run_cfg: RunConfig, tracking: dict):
     return train(run_cfg, force=True, data=_splits(run_cfg), tracking=tracking)
 
 
-def train_shared(cfg: SweepConfig, cell: Cell) -> None:
-    """The undefended training that every undefended cell of ``cell``'s seed recuts."""
-    if cfg.workers > 1:
+def _worker_setup(cfg: SweepConfig) -> None:
+    if cfg.workers > 1:  # one thread per process: threads of tiny ops only spin-wait for each other
         torch.set_num_threads(1)
     quiet_lightning()
+
+
+def train_shared(cfg: SweepConfig, cell: Cell) -> None:
+    """The undefended training that every undefended cell of ``cell``'s seed recuts."""
+    _worker_setup(cfg)
     _trained(cell_run_config(cfg, cell, cell.cut_layer), {"strength": None, "sweep": cfg.sweep_name()})
 
 
@@ -258,6 +262,17 @@ def cell_run_config(cfg: SweepConfig, cell: Cell, cut_layer: int) -> RunConfig:
     return dataclasses.replace(base, name=cell.training_key, seed=cell.seed, defenses=cell.defense_specs,
                                model=dataclasses.replace(base.model, cut_layer=cut_layer),
                                exits=from_dict(ExitsConfig, cell.exits_config, "exits."))
+
+
+def frontier_metrics(run, record: dict) -> dict:
+    """The measured columns of a frontier row for a trained ``run`` and its attack.json ``record``."""
+    worst = record["worst_case"]
+    return {"test_accuracy": run.metrics["test_accuracy"], "worst_mse": worst["mse"], "worst_psnr": worst["psnr"],
+            "worst_ssim": worst["ssim"], "reconstruction_classifier_accuracy": worst.get("classifier_accuracy"),
+            "dcor": record["dcor"], "activation_bytes_per_sample": run.metrics["activation_bytes_per_sample"],
+            "gradient_bytes_per_sample": run.metrics["gradient_bytes_per_sample"],
+            "client_flops_per_sample": count_flops(run.send, run.data.dataset("private_test").tensors[0][:1]),
+            "train_time_s": run.metrics["train_time_s"], "attack_time_s": record["attack_time_s"]}
 
 
 def _long_fit_reporter(cell: Cell) -> Callable[[str], None]:
@@ -270,9 +285,7 @@ def _long_fit_reporter(cell: Cell) -> Callable[[str], None]:
 
 def run_cell(cfg: SweepConfig, cell: Cell, sweep_dir: Path, classifier: torch.nn.Module | None) -> dict:
     """Train (or reuse) the cell's model, attack it, log both to wandb; the cell's frontier row."""
-    if cfg.workers > 1:
-        torch.set_num_threads(1)
-    quiet_lightning()
+    _worker_setup(cfg)
     tracking = {"strength": cell.strength, "sweep": cfg.sweep_name()}
     if cell.defense_specs:
         run = _trained(cell_run_config(cfg, cell, cell.cut_layer), {**tracking, "defense": cell.defense})
@@ -283,13 +296,7 @@ def run_cell(cfg: SweepConfig, cell: Cell, sweep_dir: Path, classifier: torch.nn
     attack_dir = sweep_dir / "attacks" / cell.key
     record = run_attacks(run, cfg.attack, out_dir=attack_dir, classifier=classifier, progress=_long_fit_reporter(cell))
     worst = record["worst_case"]
-    row = {**cell.labels(), "test_accuracy": run.metrics["test_accuracy"], "worst_mse": worst["mse"],
-           "worst_psnr": worst["psnr"], "worst_ssim": worst["ssim"],
-           "reconstruction_classifier_accuracy": worst.get("classifier_accuracy"), "dcor": record["dcor"],
-           "activation_bytes_per_sample": run.metrics["activation_bytes_per_sample"],
-           "gradient_bytes_per_sample": run.metrics["gradient_bytes_per_sample"],
-           "client_flops_per_sample": count_flops(run.send, run.data.dataset("private_test").tensors[0][:1]),
-           "train_time_s": run.metrics["train_time_s"], "attack_time_s": record["attack_time_s"]}
+    row = {**cell.labels(), **frontier_metrics(run, record)}
     wandb_cfg = base_run_config(cfg).wandb
     log_run(wandb_cfg, attack_dir, f"{cfg.sweep_name()}-{cell.key}-attack", "attack",
             {"dataset": cfg.dataset, "model": cfg.model, **cell.labels(), "attack": record["settings"]},
@@ -336,9 +343,7 @@ def _classifier(cfg: SweepConfig, seed: int):
 def run_sweep(cfg: SweepConfig, *, force: bool = False, progress: Callable[[str], None] = print) -> list[dict]:
     """Run every unfinished cell and write the frontier; returns the frontier rows in grid order."""
     started = time.perf_counter()
-    quiet_lightning()
-    if cfg.workers > 1:  # one thread per process: threads of tiny ops only spin-wait for each other
-        torch.set_num_threads(1)
+    _worker_setup(cfg)
     base = base_run_config(cfg)
     build_attacks(cfg.attack.attacks or default_attack_specs(True, tuple(cfg.attack.decoder_capacities)))
     data = _splits(dataclasses.replace(base, seed=cfg.seeds[0]))

@@ -66,14 +66,13 @@ def _log_attack(trained, record: dict) -> None:
     """The attack as a wandb run (job type ``attack``) beside the run's training run, summary
     metrics named as in a sweep's frontier.csv."""
     from attacks.suite import GRID_FILE
+    from splitpriv.sweep import frontier_metrics
     from splitpriv.tracking import log_run
 
     folder, worst = Path(trained.path), record["worst_case"]
     config = {"dataset": record["dataset"], "model": record["model"], "cut_layer": record["cut_layer"],
               "cut_name": record["cut_name"], "defense": "+".join(d["name"] for d in record["defenses"]) or "none",
               "strength": None, "seed": trained.config.seed, "attack": record["settings"]}
-    summary = {"test_accuracy": trained.metrics.get("test_accuracy"), "worst_mse": worst["mse"], "worst_psnr": worst["psnr"],
-               "worst_ssim": worst["ssim"], "reconstruction_classifier_accuracy": worst.get("classifier_accuracy"),
-               "dcor": record["dcor"], "attack_time_s": record["attack_time_s"], "worst_case": worst}
+    summary = {**frontier_metrics(trained, record), "worst_case": worst}
     log_run(trained.config.wandb, folder / "attack-wandb", f"{folder.name}-attack", "attack", config, summary,
             images={"reconstructions": folder / GRID_FILE})
