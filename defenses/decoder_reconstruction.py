@@ -62,6 +62,7 @@ class DecoderReconstruction(Defense):
         self.register_buffer("input_low", torch.zeros(()))
         self.register_buffer("input_high", torch.ones(()))
         self._reconstruction_mse, self._skipped = StepMean(), StepMean()
+        self._client_mse: torch.Tensor | None = None  # this step's MSE(D(z), x), when the client's loss computed it
 
     def build(self, module, input_shape) -> None:
         was_training = module.client.training
@@ -89,7 +90,9 @@ class DecoderReconstruction(Defense):
             return None
         reconstruction, target = self.decoder(context.message), self.unit_range(context.inputs)
         if self.penalty == "mse":
-            return -self.weight * F.mse_loss(reconstruction, target)
+            reconstruction_mse = F.mse_loss(reconstruction, target)
+            self._client_mse = reconstruction_mse.detach()
+            return -self.weight * reconstruction_mse
         side = min(target.shape[-2:])
         window = min(11, side if side % 2 else side - 1)  # SSIM's 11x11 window, shrunk for tiny images (digits: 8x8)
         similarity = structural_similarity_index_measure(reconstruction, target, data_range=1.0, kernel_size=window)
@@ -100,11 +103,21 @@ class DecoderReconstruction(Defense):
         return torch.optim.Adam(self.decoder.parameters(), lr=self.decoder_lr)
 
     def update(self, context: CutContext, optimizer: torch.optim.Optimizer | None) -> None:
-        optimizer.zero_grad()  # also drops what the client's loss left on the decoder
-        loss = F.mse_loss(self.decoder(context.message.detach()), self.unit_range(context.inputs))
-        loss.backward()
+        if self._client_mse is not None:
+            # The client's backward of -w * MSE(D(z), x) left -w * dMSE/dθ_D on the decoder: the same
+            # decoder on the same message, so rescaled it is the decoder's own gradient. That saves
+            # a second decoder pass per step, a third of this defense's training time on digits.
+            for parameter in self.decoder.parameters():
+                if parameter.grad is not None:
+                    parameter.grad.mul_(-1 / self.weight)
+            loss, self._client_mse = self._client_mse, None
+        else:  # the client's term was skipped (guard, weight 0) or is SSIM's: the decoder's own pass
+            optimizer.zero_grad()  # also drops what the client's loss left on the decoder
+            loss = F.mse_loss(self.decoder(context.message.detach()), self.unit_range(context.inputs))
+            loss.backward()
+            loss = loss.detach()
         optimizer.step()
-        self._reconstruction_mse.add(loss.detach())
+        self._reconstruction_mse.add(loss)
 
     def metrics(self) -> dict[str, float]:
         return {"reconstruction_mse": self._reconstruction_mse.read(), "skip_rate": self._skipped.read()}

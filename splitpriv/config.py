@@ -78,6 +78,7 @@ class WandbConfig:
     project: str = "splitpriv"
     group: str | None = None
     tags: list[str] = field(default_factory=list)
+    save_requirements: bool = True  # the installed pip packages, in each run (a sweep: in its summary run only)
 
 
 @dataclass

@@ -33,7 +33,9 @@ def build_decoder(message_shape: Sequence[int], image_shape: Sequence[int], capa
         in_channels = width
     else:
         raise ConfigError("message shape", tuple(message_shape), "(C, H, W) or (D,) per sample")
-    layers += [nn.Upsample(size=(height, width_px), mode="bilinear", align_corners=False),
+    # a message already at the image size needs no resampling (Identity keeps the layer indices)
+    same_size = len(message_shape) == 3 and tuple(message_shape[1:]) == (height, width_px)
+    layers += [nn.Identity() if same_size else nn.Upsample(size=(height, width_px), mode="bilinear", align_corners=False),
                nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
     for _ in range(depth):
         layers += [nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]

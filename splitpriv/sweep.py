@@ -148,7 +148,9 @@ def base_run_config(cfg: SweepConfig) -> RunConfig:
               "data": {**cfg.data, "dataset": cfg.dataset}, "model": {"name": cfg.model},
               "training": {"progress_bar": False, **cfg.training}, "wandb": dataclasses.asdict(cfg.wandb)}
     run_cfg = from_dict(RunConfig, values)
-    return dataclasses.replace(run_cfg, wandb=dataclasses.replace(run_cfg.wandb, group=cfg.wandb.group or cfg.sweep_name()))
+    # the package list costs ~0.2 s per run (wandb parses every package's metadata): once per sweep, in its summary run
+    return dataclasses.replace(run_cfg, wandb=dataclasses.replace(run_cfg.wandb, group=cfg.wandb.group or cfg.sweep_name(),
+                                                                  save_requirements=False))
 
 
 def defense_cells(cfg: SweepConfig) -> list[tuple[str, float | None, list[dict]]]:
@@ -442,7 +444,7 @@ def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
 
 
 def log_summary(cfg: SweepConfig, sweep_dir: Path, rows: list[dict]) -> None:
-    wandb_cfg = base_run_config(cfg).wandb
+    wandb_cfg = dataclasses.replace(base_run_config(cfg).wandb, save_requirements=cfg.wandb.save_requirements)
     log_run(wandb_cfg, sweep_dir, f"{cfg.sweep_name()}-summary", "summary",
             {"dataset": cfg.dataset, "model": cfg.model, "sweep": dataclasses.asdict(cfg)}, {"cells": len(rows)},
             group=wandb_cfg.group, images={"frontier_plot": sweep_dir / FRONTIER_PNG}, tables={"frontier": rows})

@@ -36,7 +36,7 @@ def init_kwargs(cfg: WandbConfig, save_dir: Path, name: str, job_type: str, conf
     return {
         "project": cfg.project, "group": group or cfg.group, "tags": list(cfg.tags), "dir": str(save_dir),
         "name": name, "job_type": job_type, "config": config, "mode": wandb_mode(cfg), "reinit": "create_new",
-        "settings": {"silent": True, "console": "off", "x_disable_stats": True},
+        "settings": {"silent": True, "console": "off", "x_disable_stats": True, "x_save_requirements": cfg.save_requirements},
     }
 
 
@@ -51,7 +51,11 @@ def make_wandb_logger(cfg: WandbConfig, save_dir: Path, name: str, job_type: str
     kwargs["save_dir"] = kwargs.pop("dir")
     kwargs["settings"] = wandb.Settings(**kwargs["settings"])
     kwargs.pop("reinit")
-    return WandbLogger(**kwargs, log_model=False)
+    logger = WandbLogger(**kwargs, log_model=False)
+    # Lightning always passes wandb's deprecated ``anonymous`` setting, which makes every process
+    # print a warning about a setting nobody set
+    logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def log_run(cfg: WandbConfig, save_dir: Path, name: str, job_type: str, config: dict, summary: dict,

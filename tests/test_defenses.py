@@ -213,6 +213,30 @@ def test_decoder_reconstruction_raises_the_attackers_final_mse(moderate_runs, tm
     assert defended.metrics[key] > 1.3 * undefended.metrics[key]
 
 
+def test_decoder_reconstruction_reused_gradient_equals_the_decoders_own_pass():
+    """The decoder's gradient from the client's backward (rescaled) equals the one from a pass of its own."""
+    module = build_module(RunConfig(), 10, 1, 8)
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    steps = []
+    for reuse in (True, False):
+        torch.manual_seed(0)
+        defense = build_defense({"name": "decoder_reconstruction", "weight": 5.0})
+        defense.build(module, (1, 8, 8))
+        optimizer = torch.optim.SGD(defense.decoder.parameters(), lr=1.0)  # step = -gradient (Adam's would hide its scale)
+        before = [p.detach().clone() for p in defense.decoder.parameters()]
+        message = module.client(x)
+        context = CutContext(x, torch.zeros(16, dtype=torch.long), message, message, task_loss=torch.tensor(0.5))
+        defense.client_loss(context).backward()
+        if not reuse:
+            defense._client_mse = None
+        defense.update(context, optimizer)
+        steps.append([p.detach() - b for p, b in zip(defense.decoder.parameters(), before)])
+        module.client.zero_grad()
+    for reused, own in zip(*steps):
+        assert reused.abs().max() > 0
+        torch.testing.assert_close(reused, own, rtol=1e-4, atol=1e-6)  # atol: conv biases before BatchNorm get ~0
+
+
 def test_decoder_reconstruction_ssim_penalty_and_guard_report_skips():
     defense = build_defense({"name": "decoder_reconstruction", "penalty": "ssim", "ssim_threshold": -1.0, "max_task_loss": 1.0})
     module = build_module(RunConfig(), 10, 1, 8)

@@ -191,16 +191,17 @@ def test_wandb_offline_runs_match_the_frontier(finished_sweep):
     wandb_cli = Path(sys.executable).with_name("wandb")
     for row, csv_row in zip(rows, frontier):
         key = f"cut{row['cut_layer']}-{row['defense']}{'' if row['strength'] is None else '-32'}-seed0"
-        out = subprocess.run([str(wandb_cli), "leet", "inspect", "--summary", "--json",
-                              str(folder / "attacks" / key / "wandb" / "latest-run")],
+        run_dir = folder / "attacks" / key / "wandb" / "latest-run"
+        out = subprocess.run([str(wandb_cli), "leet", "inspect", "--summary", "--json", str(run_dir)],
                              capture_output=True, text=True, check=True).stdout
+        assert not (run_dir / "files" / "requirements.txt").exists()  # the package list: once, in the summary run
         logged = json.loads(out)
         summary, config = logged["summary"], logged["config"]
         for column in ("cut_layer", "cut_name", "defense", "strength", "seed"):
             assert _value(config[column]) == _value(row[column])
         for column in ("test_accuracy", "worst_mse", "worst_psnr", "worst_ssim", "dcor", "activation_bytes_per_sample"):
             assert summary[column] == pytest.approx(float(csv_row[column]), rel=1e-6)
-    assert (folder / "wandb" / "latest-run").exists()  # the summary run with the frontier table
+    assert (folder / "wandb" / "latest-run" / "files" / "requirements.txt").exists()  # the summary run
 
 
 def _value(value):
