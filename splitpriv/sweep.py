@@ -148,9 +148,7 @@ def base_run_config(cfg: SweepConfig) -> RunConfig:
               "data": {**cfg.data, "dataset": cfg.dataset}, "model": {"name": cfg.model},
               "training": {"progress_bar": False, **cfg.training}, "wandb": dataclasses.asdict(cfg.wandb)}
     run_cfg = from_dict(RunConfig, values)
-    # the package list costs ~0.2 s per run (wandb parses every package's metadata): once per sweep, in its summary run
-    return dataclasses.replace(run_cfg, wandb=dataclasses.replace(run_cfg.wandb, group=cfg.wandb.group or cfg.sweep_name(),
-                                                                  save_requirements=False))
+    return dataclasses.replace(run_cfg, wandb=dataclasses.replace(run_cfg.wandb, group=cfg.wandb.group or cfg.sweep_name()))
 
 
 def defense_cells(cfg: SweepConfig) -> list[tuple[str, float | None, list[dict]]]:
@@ -261,7 +259,10 @@ def train_shared(cfg: SweepConfig, cell: Cell) -> None:
 
 def cell_run_config(cfg: SweepConfig, cell: Cell, cut_layer: int) -> RunConfig:
     base = base_run_config(cfg)
+    # the package list costs ~0.2 s per run (wandb parses every package's metadata): a sweep's
+    # cells leave it to the summary run
     return dataclasses.replace(base, name=cell.training_key, seed=cell.seed, defenses=cell.defense_specs,
+                               wandb=dataclasses.replace(base.wandb, save_requirements=False),
                                model=dataclasses.replace(base.model, cut_layer=cut_layer),
                                exits=from_dict(ExitsConfig, cell.exits_config, "exits."))
 
@@ -299,7 +300,7 @@ def run_cell(cfg: SweepConfig, cell: Cell, sweep_dir: Path, classifier: torch.nn
     record = run_attacks(run, cfg.attack, out_dir=attack_dir, classifier=classifier, progress=_long_fit_reporter(cell))
     worst = record["worst_case"]
     row = {**cell.labels(), **frontier_metrics(run, record)}
-    wandb_cfg = base_run_config(cfg).wandb
+    wandb_cfg = cell_run_config(cfg, cell, cell.cut_layer).wandb
     log_run(wandb_cfg, attack_dir, f"{cfg.sweep_name()}-{cell.key}-attack", "attack",
             {"dataset": cfg.dataset, "model": cfg.model, **cell.labels(), "attack": record["settings"]},
             {**row, "worst_case": worst}, group=wandb_cfg.group, images={"reconstructions": attack_dir / GRID_FILE})
@@ -444,7 +445,7 @@ def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
 
 
 def log_summary(cfg: SweepConfig, sweep_dir: Path, rows: list[dict]) -> None:
-    wandb_cfg = dataclasses.replace(base_run_config(cfg).wandb, save_requirements=cfg.wandb.save_requirements)
+    wandb_cfg = base_run_config(cfg).wandb
     log_run(wandb_cfg, sweep_dir, f"{cfg.sweep_name()}-summary", "summary",
             {"dataset": cfg.dataset, "model": cfg.model, "sweep": dataclasses.asdict(cfg)}, {"cells": len(rows)},
             group=wandb_cfg.group, images={"frontier_plot": sweep_dir / FRONTIER_PNG}, tables={"frontier": rows})

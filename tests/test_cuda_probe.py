@@ -1,7 +1,7 @@
 """The GPU-driver probe Lightning turns on is turned off only where it cannot succeed."""
 import os
 
-import splitpriv
+import splitpriv  # noqa: F401  (imports Lightning, which sets the variable)
 from splitpriv import cuda_probe
 from splitpriv.cuda_probe import NVML_CHECK, drop_failing_nvml_check
 
@@ -17,5 +17,4 @@ def test_nvml_check_is_dropped_only_where_nvml_cannot_load(monkeypatch):
 
 
 def test_importing_splitpriv_applies_it():
-    assert splitpriv  # imported with Lightning, which sets the variable
     assert os.environ.get(NVML_CHECK) == ("1" if cuda_probe.nvml_loads() else None)
