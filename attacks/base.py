@@ -4,7 +4,9 @@ An honest-but-curious server attacks one deployed client. What it may use is exp
 model grants some of
 
 * ``query``   - query access to the client as deployed (defenses included, fresh noise per call),
-* ``weights`` - the client's weights: a differentiable deployed client,
+* ``weights`` - the client's weights and its defenses' mechanisms: the deployed client's
+  deterministic part, differentiable (a randomised defense without its draw, e.g. the clipping
+  before the noise), and the distribution of the noise it adds (:class:`defenses.base.NoiseModel`),
 * ``proxy``   - the attacker's own proxy data (images and labels), disjoint from the private data.
 
 An :class:`Attack` declares its ``grants``; :func:`evaluate` hands it an :class:`AttackTarget`
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 from attacks.metrics import reconstruction_metrics
+from defenses.base import NoiseModel
 
 GRANTS = ("query", "weights", "proxy")
 
@@ -53,7 +56,8 @@ class AttackTarget:
     randomized: bool  # whether the deployed client draws fresh noise per query
     seed: int = 0
     query: Callable[[torch.Tensor], torch.Tensor] | None = None  # inputs -> messages, no gradient
-    client: Callable[[torch.Tensor], torch.Tensor] | None = None  # inputs -> messages, differentiable
+    client: Callable[[torch.Tensor], torch.Tensor] | None = None  # inputs -> noise-free messages, differentiable
+    noise: NoiseModel | None = None  # the noise on top of ``client``'s output; None: deterministic
     proxy: ProxyData | None = None
 
     def granted(self, grants: frozenset[str]) -> "AttackTarget":
@@ -61,8 +65,9 @@ class AttackTarget:
         unknown = set(grants) - set(GRANTS)
         if unknown:
             raise ValueError(f"unknown grants {sorted(unknown)}; known: {list(GRANTS)}")
-        withheld = {"query": None, "client": None, "proxy": None}
-        kept = {"query": "query" in grants, "client": "weights" in grants, "proxy": "proxy" in grants}
+        withheld = {"query": None, "client": None, "noise": None, "proxy": None}
+        kept = {"query": "query" in grants, "client": "weights" in grants, "noise": "weights" in grants,
+                "proxy": "proxy" in grants}
         return dataclasses.replace(self, **{k: getattr(self, k) for k, keep in kept.items() if keep},
                                    **{k: v for k, v in withheld.items() if not kept[k]})
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import torch
 from torchmetrics.functional import mean_squared_error
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from defenses.distance_correlation import distance_correlation
-
-SSIM_KERNEL = 11  # the standard Gaussian window (Wang et al. 2004); shrunk to fit tiny images
+from splitpriv.measures import bias_corrected_distance_correlation, ssim
 
 
 def _check_unit_range(images: torch.Tensor, name: str) -> None:
@@ -22,16 +20,12 @@ def _check_unit_range(images: torch.Tensor, name: str) -> None:
                          "map model inputs back with SplitData.to_unit_range first")
 
 
-def ssim_kernel_size(image_size: int) -> int:
-    """The largest odd window <= ``SSIM_KERNEL`` that fits the image (7 for 8x8 digits)."""
-    return min(SSIM_KERNEL, image_size - 1 if image_size % 2 == 0 else image_size)
-
-
 def reconstruction_metrics(reconstructions: torch.Tensor, originals: torch.Tensor) -> dict[str, float]:
     """Mean MSE, PSNR (dB) and SSIM over the images, each image in [0, 1].
 
-    PSNR = 10 log10(1 / MSE_i) per image i, then averaged; SSIM with a Gaussian window
-    (sigma 1.5, ``ssim_kernel_size``), averaged over images.
+    PSNR = 10 log10(1 / MSE_i) per image i, then averaged; SSIM with a Gaussian window of
+    :func:`~splitpriv.measures.ssim_window` taps (11, or 7 on 8x8 digits) and sigma = 1.5 * taps / 11,
+    averaged over images.
     """
     _check_unit_range(reconstructions, "reconstructions")
     _check_unit_range(originals, "originals")
@@ -39,8 +33,7 @@ def reconstruction_metrics(reconstructions: torch.Tensor, originals: torch.Tenso
     return {
         "mse": float(mean_squared_error(preds, target)),
         "psnr": float(peak_signal_noise_ratio(preds, target, data_range=1.0, dim=(1, 2, 3))),
-        "ssim": float(structural_similarity_index_measure(
-            preds, target, data_range=1.0, kernel_size=ssim_kernel_size(target.shape[-1]))),
+        "ssim": float(ssim(preds, target)),
     }
 
 
@@ -60,6 +53,6 @@ def worst_case(per_attack: dict[str, dict[str, float]]) -> dict[str, float | str
 
 @torch.no_grad()
 def message_dcor(inputs: torch.Tensor, messages: torch.Tensor) -> float:
-    """Distance correlation dCor(x, message) of the deployed client over one batch (see
-    :func:`defenses.distance_correlation.distance_correlation`; O(B²) memory)."""
-    return float(distance_correlation(inputs.flatten(1).double(), messages.flatten(1).double()))
+    """The bias-corrected squared distance correlation R*²(x, message) of the deployed client over
+    one batch (:func:`splitpriv.measures.bias_corrected_distance_correlation`; O(n²) memory)."""
+    return float(bias_corrected_distance_correlation(inputs.flatten(1).double(), messages.flatten(1).double()))

@@ -1,16 +1,21 @@
 """White-box regularised maximum likelihood inversion (rMLE, He et al., ACSAC 2019).
 
-Given the client's weights (the deployed client f, defenses included) and an observed message z,
-find the image x̂ in [0, 1] that explains it::
+Given the client's weights (the deployed client's deterministic part f, defenses included) and an
+observed message z, find the image x̂ in [0, 1] that explains it::
 
-    x̂ = argmin_{x ∈ [0,1]^d}  ||f(normalize(x)) - z||² / ||z||²  +  λ_TV · TV(x)
+    x̂ = argmin_{x ∈ [0,1]^d}  D(f(normalize(x)), z)  +  λ_TV · TV(x)
 
+    deterministic client:    D = ||f(x) - z||² / ||z||²      (relative, so one λ_TV suits every cut)
+    noise n on top of f:     D = (1/m) Σ_k -log p_n(z_k - f(x)_k)   (m message elements)
+                                = mean |z - f(x)| / b  (Laplace(b)),  mean (z - f(x))² / (2σ²)  (Gaussian(σ))
     TV(x) = mean_{c,i,j} |x_{c,i+1,j} - x_{c,i,j}| + |x_{c,i,j+1} - x_{c,i,j}|   (anisotropic)
 
-with ``tv_weight`` = λ_TV. The distance is relative to ||z||² so that one λ_TV suits every cut
-whatever the scale of its activations. Projected Adam from a neutral grey start (x = 0.5, no
-proxy data), clamped to [0, 1] after every step, all observed messages optimised as one batch;
-it stops when the loss improves by less than ``tolerance`` (relative) over ``check_every`` steps.
+with ``tv_weight`` = λ_TV. Against a randomised defense the attacker holding the weights knows the
+mechanism, so it fits the noise-free client (the clipping included) to the observed message under
+the noise's likelihood: a deterministic objective, optimised and stopped on without fresh draws.
+Projected Adam from a neutral grey start (x = 0.5, no proxy data), clamped to [0, 1] after every
+step, all observed messages optimised as one batch; it stops when the loss improves by less than
+``tolerance`` (relative) over ``check_every`` steps.
 """
 from __future__ import annotations
 
@@ -32,32 +37,41 @@ class OptimizationInversion(Attack):
     grants = frozenset({"weights"})
 
     def __init__(self, tv_weight: float = 0.05, lr: float = 0.05, max_steps: int = 2000, check_every: int = 50,
-                 tolerance: float = 1e-3, start: float = 0.5):
+                 tolerance: float = 1e-3, start: float | str = 0.5):
         for key, value in (("max_steps", max_steps), ("check_every", check_every)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(key, value, "an integer >= 1")
         for key, value, ok, allowed in (("tv_weight", tv_weight, tv_weight >= 0, "a number >= 0"),
                                         ("lr", lr, lr > 0, "a number > 0"),
                                         ("tolerance", tolerance, tolerance >= 0, "a number >= 0"),
-                                        ("start", start, 0 <= start <= 1, "a grey level in [0, 1]")):
+                                        ("start", start, start == "random" or 0 <= start <= 1, "a grey level in [0, 1] or 'random'")):
             if not ok:
                 raise ConfigError(key, value, allowed)
         self.tv_weight, self.lr, self.max_steps = float(tv_weight), float(lr), max_steps
-        self.check_every, self.tolerance, self.start = check_every, float(tolerance), float(start)
+        self.check_every, self.tolerance, self.start = check_every, float(tolerance), start
         self.target: AttackTarget | None = None
         self._steps = 0
 
     def fit(self, target: AttackTarget) -> None:
         self.target = target  # nothing to learn in advance: the optimisation runs per message
 
-    def reconstruct(self, messages: torch.Tensor) -> torch.Tensor:
-        torch.manual_seed(self.target.seed)
-        images = torch.full((len(messages), *self.target.image_shape), self.start, requires_grad=True)
-        optimizer = torch.optim.Adam([images], lr=self.lr)
+    def distance(self, predicted: torch.Tensor, messages: torch.Tensor) -> torch.Tensor:
+        """D per image (module docstring): the noise's negative log-likelihood, or the relative squared error."""
+        if self.target.noise is not None:
+            return self.target.noise.negative_log_likelihood(messages - predicted).flatten(1).mean(1)
         scale = messages.flatten(1).pow(2).sum(1).clamp_min(1e-12)
+        return (predicted - messages).flatten(1).pow(2).sum(1) / scale
+
+    def reconstruct(self, messages: torch.Tensor) -> torch.Tensor:
+        shape = (len(messages), *self.target.image_shape)
+        if self.start == "random":
+            images = torch.rand(shape, generator=torch.Generator().manual_seed(self.target.seed)).requires_grad_(True)
+        else:
+            images = torch.full(shape, self.start, requires_grad=True)
+        optimizer = torch.optim.Adam([images], lr=self.lr)
         previous = float("inf")
         for step in range(1, self.max_steps + 1):
-            distance = (self.target.client(self.target.normalize(images)) - messages).flatten(1).pow(2).sum(1) / scale
+            distance = self.distance(self.target.client(self.target.normalize(images)), messages)
             loss = (distance + self.tv_weight * total_variation(images)).sum()
             optimizer.zero_grad()
             loss.backward()

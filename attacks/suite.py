@@ -20,6 +20,7 @@ from attacks import build_attacks, default_attack_specs
 from attacks.base import AttackResult, AttackTarget, ProxyData, evaluate
 from attacks.metrics import message_dcor, worst_case
 from attacks.semantic import classifier_accuracy, fit_proxy_classifier
+from defenses.base import NoiseModel
 from splitpriv.config import POSITIVE_INT, check
 from splitpriv.decoders import CAPACITIES
 from splitpriv.data import ImageSet, load_images, match_shape
@@ -105,11 +106,22 @@ def deployed_target(run, proxy: ProxyData, seed: int) -> AttackTarget:
             return torch.cat([module.send(chunk, training=False)[1] for chunk in inputs.split(QUERY_CHUNK)])
 
     def client(inputs: torch.Tensor) -> torch.Tensor:
-        return module.send(inputs, training=False)[1]
+        return module.send(inputs, training=False, noisy=False)[1]
 
     message_shape = tuple(query(proxy.inputs[:2]).shape[1:])
     randomized = any(d.randomized and d.active_at_inference for d in module.defenses)
-    return AttackTarget(run.data.info.input_shape, message_shape, run.data.normalize, randomized, seed, query, client, proxy)
+    return AttackTarget(run.data.info.input_shape, message_shape, run.data.normalize, randomized, seed, query,
+                        client, deployed_noise(module.defenses), proxy)
+
+
+def deployed_noise(defenses) -> NoiseModel | None:
+    """The noise the deployed client adds to its message: one randomised defense's own model; several
+    are summed as one Gaussian of their total variance (Laplace(b): 2 b²), an approximation."""
+    models = [d.noise_model() for d in defenses if d.active_at_inference and d.noise_model() is not None]
+    if len(models) <= 1:
+        return models[0] if models else None
+    variance = sum(2 * m.scale ** 2 if m.family == "laplace" else m.scale ** 2 for m in models)
+    return NoiseModel("gaussian", variance ** 0.5)
 
 
 # ----------------------------------------------------------------------------- the suite
@@ -136,7 +148,6 @@ def run_attacks(run, settings: AttackSettings | None = None, *, out_dir: str | P
 
     module = run.module.eval()
     with _frozen(module):
-        torch.manual_seed(settings.seed)
         messages = target.query(run.data.normalize(originals))  # what the server observes, once per image
         results: list[AttackResult] = []
         for i, attack in enumerate(attacks, 1):
@@ -178,7 +189,7 @@ def run_attacks(run, settings: AttackSettings | None = None, *, out_dir: str | P
         "worst_case": worst_case({label: {k: a[k] for k in ("mse", "psnr", "ssim", "classifier_accuracy")}
                                   for label, a in per_attack.items()}),
         "semantic_leakage": semantic,
-        "dcor": dcor, "dcor_samples": dcor_count,
+        "dcor_sq_bias_corrected": dcor, "dcor_samples": dcor_count,
         "attack_time_s": time.perf_counter() - started,
     }
     out = Path(out_dir) if out_dir is not None else Path(run.path)

@@ -2,20 +2,24 @@
 
 A defense may
   (a) transform the message that crosses the cut (``transform``; ``active_at_inference`` says
-      whether it also runs at validation/test/attack time),
+      whether it also runs at validation/test/attack time); a randomised one also names its
+      deterministic part (``noise_free``) and its noise (``noise_model``), which a white-box
+      attacker is granted, and draws from its own generator (:func:`private_generator`);
   (b) add a loss term to the client's objective (``client_loss``),
   (c) own trainable parts with their own optimizer and update step (``configure_optimizer``,
       ``update``), e.g. a simulated attacker's decoder,
-  (d) report its own metrics (``metrics``),
+  (d) report its own metrics (``metrics``; ``parameter_units`` says what its parameters mean in tables),
 and prepare itself once the split model exists (``build``, also when a run is loaded) and once the
 private training data is known (``setup``). DP-SGD also replaces the private training loader
-(``train_loader``) and wraps the client's optimizer (``configure_client``); all hooks are no-ops
-by default.
+(``train_loader``), wraps the client's optimizer (``configure_client``) and removes its hooks when
+training ends (``teardown``); ``resumed`` hears that an interrupted training continues. All hooks
+are no-ops by default.
 
 Adding a defense is one file with a ``Defense`` subclass plus one line in ``defenses/__init__.py``.
 """
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -37,12 +41,35 @@ class CutContext:
     task_loss: torch.Tensor | None = None  # the server's cross-entropy on this batch (detached)
 
 
+@dataclass(frozen=True)
+class NoiseModel:
+    """The distribution of the noise a randomised defense adds to each element of the message:
+    ``laplace`` with scale b, or ``gaussian`` with standard deviation sigma (``scale``)."""
+
+    family: str
+    scale: float
+
+    def negative_log_likelihood(self, residual: torch.Tensor) -> torch.Tensor:
+        """-log p(residual) per element, up to a constant: |r| / b (Laplace) or r² / (2 sigma²) (Gaussian)."""
+        if self.family == "laplace":
+            return residual.abs() / self.scale
+        return residual.pow(2) / (2 * self.scale ** 2)
+
+
+def private_generator(seed: int | None = None) -> torch.Generator:
+    """A generator for a defense's randomness, seeded from the operating system's entropy unless
+    ``seed`` fixes it. Never the global RNG: an attacker who knows the run's public seed could
+    reseed it and replay the noise."""
+    return torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
+
+
 class Defense(nn.Module):
     """Base class: every hook is a no-op, so a defense overrides only what it does."""
 
     name: ClassVar[str] = "defense"
     active_at_inference: ClassVar[bool] = False
     randomized: ClassVar[bool] = False  # a fresh draw per query (attacks then use a noise-aware attacker)
+    parameter_units: ClassVar[dict[str, str]] = {}  # parameter -> what its value means, for tables (e.g. 'per message')
 
     def build(self, module: "SplitLearningModule", input_shape: tuple[int, ...]) -> None:
         """Called once the split module exists, in training and in ``load_run``: create parts whose
@@ -63,6 +90,15 @@ class Defense(nn.Module):
         """Map the message before it is sent (training, and inference if ``active_at_inference``)."""
         return message
 
+    def noise_free(self, message: torch.Tensor) -> torch.Tensor:
+        """``transform`` without its random draw (a randomised defense's deterministic part, e.g. the
+        clipping before the noise): what a white-box attacker can differentiate through."""
+        return self.transform(message)
+
+    def noise_model(self) -> NoiseModel | None:
+        """The distribution of the noise ``transform`` adds on top of ``noise_free``; None if none."""
+        return None
+
     def client_loss(self, context: CutContext) -> torch.Tensor | None:
         """A term added to the client's objective, differentiable w.r.t. the client's parameters."""
         return None
@@ -79,6 +115,13 @@ class Defense(nn.Module):
         the wire when this transform is the last to shape it, e.g. a compression's serialised
         size; None: sent as dense floats."""
         return None
+
+    def resumed(self) -> None:
+        """Training resumes from a checkpoint: what the interrupted epoch after it did has happened
+        (e.g. messages were sent) but is not in the checkpoint."""
+
+    def teardown(self, module: "SplitLearningModule") -> None:
+        """Training has ended: release what only training needed (e.g. per-sample gradient hooks)."""
 
     def metrics(self) -> dict[str, float]:
         """Values to log (prefixed with the defense name), e.g. dcor, decoder MSE, spent epsilon."""

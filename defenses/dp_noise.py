@@ -6,16 +6,27 @@ Each sample's message is clipped, then noised, in training *and* at inference::
     m  = x' + noise,                      optionally clamped to [-lambda, lambda] (``output_bound``)
 
 Two neighbouring inputs give clipped messages at most ``Delta_p = 2C`` apart, so each message
-sent is one query of an (epsilon, delta)-DP mechanism *for the input it encodes*:
+sent is one use of an (epsilon, delta)-DP mechanism *for the input it encodes* (``epsilon`` and
+``delta`` are these per-message parameters):
 
 * Laplace (delta = 0): i.i.d. Laplace(0, b) noise per element with ``b = Delta_1 / epsilon``.
 * Gaussian: i.i.d. N(0, sigma^2) noise with sigma from the **analytic Gaussian mechanism** of
   Balle & Wang (ICML 2018, Theorem 8), valid for every epsilon > 0 (the classical
   ``sigma = Delta_2 sqrt(2 ln(1.25/delta)) / epsilon`` holds only for epsilon < 1 and is not used).
 
-The clamp to ``[-lambda, lambda]`` is post-processing and keeps the guarantee. The guarantee is
-per query: a sample sent k times (k epochs, plus inference) composes to at most (k eps, k delta).
-It covers the forward message only, not the labels or the gradients the server returns.
+**Per person.** A private training sample is sent once per epoch (the validation slice once per
+validation pass), and ``inference_releases`` more times after training (the deployed client
+sending the same person's data). :mod:`defenses.accounting` composes these k releases into the
+``(epsilon, delta)`` per sample that the metrics report (``epsilon_per_sample`` at
+``accounting_delta``; Laplace also ``epsilon_per_sample_pure`` = k epsilon at delta 0).
+What it protects: the content of each message about the input it encodes, given the client's
+weights. It does not cover the labels the server receives, the gradients it returns, nor what
+the client's weights learned from the private data (they train on it without privacy; add
+``dp_sgd`` for that). A ``median`` clip is computed from the private data and not privatised.
+
+The noise comes from the defense's own generator, seeded from the operating system's entropy
+(``noise_seed`` fixes it for a reproducible experiment, never for a deployment): whoever knows
+the run's public seed cannot replay it.
 """
 from __future__ import annotations
 
@@ -24,7 +35,8 @@ import math
 
 import torch
 
-from defenses.base import Defense, is_number
+from defenses.accounting import composed_epsilon
+from defenses.base import Defense, NoiseModel, is_number, private_generator
 from splitpriv.errors import ConfigError
 
 MECHANISMS = ("laplace", "gaussian")
@@ -71,42 +83,58 @@ class DPNoise(Defense):
 
     Args:
         mechanism: ``laplace`` (L1 clipping, pure epsilon-DP) or ``gaussian`` (L2 clipping, (epsilon, delta)-DP).
-        epsilon: privacy budget per query, > 0.
-        delta: failure probability per query, in (0, 1); Gaussian only (Laplace is delta = 0).
+        epsilon: privacy budget of one message, > 0.
+        delta: failure probability of one message, in (0, 1); Gaussian only (Laplace is delta = 0).
         clip: the clipping norm C > 0, or ``median``: the median per-sample norm of the client's
             messages over the private training data, measured before training and recorded in
             the run's config (``resolved.defenses``) and checkpoint.
         output_bound: lambda > 0 clamps the noisy message to [-lambda, lambda]; None: no clamp.
+        inference_releases: messages of one person's sample after training (deployment) that the
+            per-sample accounting includes, >= 0.
+        accounting_delta: the total delta per sample at which ``epsilon_per_sample`` is reported.
+        noise_seed: None (operating-system entropy) or a seed for a reproducible experiment.
     """
 
     name = "dp_noise"
     active_at_inference = True
     randomized = True
+    parameter_units = {"epsilon": "per message", "delta": "per message", "clip": "C"}
 
     def __init__(self, mechanism: str = "laplace", epsilon: float = 8.0, delta: float = 1e-5,
-                 clip: float | str = "median", output_bound: float | None = None):
+                 clip: float | str = "median", output_bound: float | None = None, inference_releases: int = 1,
+                 accounting_delta: float = 1e-5, noise_seed: int | None = None):
         super().__init__()
         if mechanism not in MECHANISMS:
             raise ConfigError("mechanism", mechanism, f"one of {list(MECHANISMS)}")
-        if not is_number(epsilon) or epsilon <= 0:
-            raise ConfigError("epsilon", epsilon, "a number > 0 (the privacy budget per query)")
+        if not is_number(epsilon) or not 0 < epsilon < math.inf:
+            raise ConfigError("epsilon", epsilon, "a finite number > 0 (the privacy budget of one message)")
         if not is_number(delta) or not 0 < delta < 1:
             raise ConfigError("delta", delta, "a number in (0, 1), e.g. 1e-5")
-        if clip != "median" and (not is_number(clip) or clip <= 0):
-            raise ConfigError("clip", clip, "a number > 0 or 'median' (calibrated on the private training data)")
-        if output_bound is not None and (not is_number(output_bound) or output_bound <= 0):
-            raise ConfigError("output_bound", output_bound, "a number > 0 or null (no bound)")
+        if clip != "median" and (not is_number(clip) or not 0 < clip < math.inf):
+            raise ConfigError("clip", clip, "a finite number > 0 or 'median' (calibrated on the private training data)")
+        if output_bound is not None and (not is_number(output_bound) or not 0 < output_bound < math.inf):
+            raise ConfigError("output_bound", output_bound, "a finite number > 0 or null (no bound)")
+        if not isinstance(inference_releases, int) or isinstance(inference_releases, bool) or inference_releases < 0:
+            raise ConfigError("inference_releases", inference_releases, "an integer >= 0 (messages per sample after training)")
+        if not is_number(accounting_delta) or not 0 < accounting_delta < 1:
+            raise ConfigError("accounting_delta", accounting_delta, "a number in (0, 1), below 1 / (private samples)")
+        if noise_seed is not None and (not isinstance(noise_seed, int) or isinstance(noise_seed, bool) or noise_seed < 0):
+            raise ConfigError("noise_seed", noise_seed, "null (operating-system entropy) or an integer >= 0")
         self.mechanism, self.epsilon, self.output_bound = mechanism, float(epsilon), output_bound
         self.delta = float(delta) if mechanism == "gaussian" else 0.0
         self.norm = 1 if mechanism == "laplace" else 2
         self.calibrate_clip = clip == "median"
+        self.inference_releases, self.accounting_delta, self.noise_seed = inference_releases, float(accounting_delta), noise_seed
         # a buffer, so that load_run restores a calibrated clip from the checkpoint
         self.register_buffer("clip", torch.tensor(float("nan") if self.calibrate_clip else float(clip)))
-        self.queries = 0
+        self.generator = private_generator(noise_seed)
+        self.training_messages = 0  # messages of private training samples sent in training mode
+        self.private_train_size = 0
 
     # ------------------------------------------------------------------ calibration
     @torch.no_grad()
     def setup(self, module, private_train) -> None:
+        self.private_train_size = len(private_train)
         if not self.calibrate_clip:
             return
         was_training = module.client.training
@@ -131,25 +159,74 @@ class DPNoise(Defense):
         return analytic_gaussian_sigma(self.epsilon, self.delta, self.sensitivity)
 
     # ------------------------------------------------------------------ the mechanism
-    def transform(self, message: torch.Tensor) -> torch.Tensor:
+    def noise_free(self, message: torch.Tensor) -> torch.Tensor:
+        """The deterministic part: per-sample clipping."""
         if torch.isnan(self.clip):
             raise RuntimeError("dp_noise: clip='median' is not calibrated yet; call setup() with the private training data")
-        clipped = clip_per_sample(message, self.clip, self.norm)
-        scale = self.noise_scale
-        if self.mechanism == "laplace":
-            noise = torch.distributions.Laplace(0.0, scale).sample(clipped.shape).to(clipped)
-        else:
-            noise = torch.randn_like(clipped) * scale
-        self.queries += len(message)
+        return clip_per_sample(message, self.clip, self.norm)
+
+    def noise_model(self) -> NoiseModel:
+        return NoiseModel(self.mechanism, self.noise_scale)
+
+    def transform(self, message: torch.Tensor) -> torch.Tensor:
+        clipped = self.noise_free(message)
+        noise = self._draw(clipped.shape).to(clipped)
+        if self.training:
+            self.training_messages += len(message)
         noisy = clipped + noise
         return noisy if self.output_bound is None else noisy.clamp(-self.output_bound, self.output_bound)
 
+    def _draw(self, shape: torch.Size) -> torch.Tensor:
+        """Noise from the defense's own generator: Laplace(0, b) = b (E1 - E2) with E1, E2 ~ Exp(1)."""
+        scale = self.noise_scale
+        if self.mechanism == "laplace":
+            return scale * (torch.empty(shape).exponential_(generator=self.generator)
+                            - torch.empty(shape).exponential_(generator=self.generator))
+        return scale * torch.randn(shape, generator=self.generator)
+
+    # ------------------------------------------------------------------ accounting
+    @property
+    def releases_per_sample(self) -> int:
+        """Messages of one private sample so far: passes over the private training data (each sends
+        every sample once), plus ``inference_releases``."""
+        passes = math.ceil(self.training_messages / self.private_train_size) if self.private_train_size else 0
+        return passes + self.inference_releases
+
+    def epsilon_per_sample(self) -> float:
+        """The composed epsilon of one person's sample over all its releases, at ``accounting_delta``."""
+        multiplier = self.noise_scale / self.sensitivity
+        return composed_epsilon(self.mechanism, multiplier, self.releases_per_sample, self.accounting_delta)
+
+    def resumed(self) -> None:
+        """The epoch interrupted after the checkpoint sent its messages already: count its pass."""
+        self.training_messages += self.private_train_size
+
+    # the accounting travels in checkpoints (a resumed run continues it); the generator's state
+    # only when a seed fixed it (otherwise a resumed or reloaded run draws fresh entropy)
+    def get_extra_state(self):
+        state = {"training_messages": self.training_messages, "private_train_size": self.private_train_size}
+        if self.noise_seed is not None:
+            state["generator"] = self.generator.get_state()
+        return state
+
+    def set_extra_state(self, state) -> None:
+        self.training_messages, self.private_train_size = state["training_messages"], state["private_train_size"]
+        if "generator" in state and self.noise_seed is not None:
+            self.generator.set_state(state["generator"])
+
     # ------------------------------------------------------------------ reporting
     def metrics(self) -> dict[str, float]:
-        return {"epsilon_per_query": self.epsilon, "delta_per_query": self.delta, "queries": float(self.queries),
-                "clip": float(self.clip), "noise_scale": self.noise_scale}
+        spent = {"epsilon_per_message": self.epsilon, "delta_per_message": self.delta,
+                 "releases_per_sample": float(self.releases_per_sample),
+                 "epsilon_per_sample": self.epsilon_per_sample(), "delta_per_sample": self.accounting_delta,
+                 "messages": float(self.training_messages), "clip": float(self.clip), "noise_scale": self.noise_scale}
+        if self.mechanism == "laplace":
+            spent["epsilon_per_sample_pure"] = self.epsilon * self.releases_per_sample
+        return spent
 
     def config(self) -> dict:
         return {"mechanism": self.mechanism, "epsilon": self.epsilon, "delta": self.delta, "clip": float(self.clip),
                 "clip_calibrated": self.calibrate_clip, "norm": f"L{self.norm}", "sensitivity": self.sensitivity,
-                "noise_scale": self.noise_scale, "output_bound": self.output_bound}
+                "noise_scale": self.noise_scale, "output_bound": self.output_bound,
+                "inference_releases": self.inference_releases, "accounting_delta": self.accounting_delta,
+                "noise_source": "operating-system entropy" if self.noise_seed is None else "fixed seed (experiment only)"}

@@ -10,19 +10,32 @@ the server trains normally (the pattern Opacus' maintainers give in opacus#615).
 on Poisson-sampled batches (sample rate q = batch_size / N), so that the accountant's analysis
 holds; after T steps the accountant (``rdp``, ``prv`` or ``gdp``) gives the spent epsilon for
 ``delta``. With ``target_epsilon``, sigma is the smallest Opacus finds to spend at most that
-budget over the configured epochs.
+budget over the configured epochs. The noise and the Poisson sampling draw from the defense's own
+generator (operating-system entropy unless ``noise_seed`` fixes it for an experiment).
 
 Per-sample gradients cross the cut: the server returns dL/dz_i = (1/B) dl_i/dz_i for the mean
 loss L; the client back-propagates ``<z, dL/dz>``, and Opacus (``loss_reduction="mean"``) scales
-the per-sample gradients by B back to dl_i/dtheta before clipping.
+the per-sample gradients by B back to dl_i/dtheta before clipping. Clipping bounds g_i only if
+dl_i/dz_i depends on sample i alone, so BatchNorm, which mixes the samples of a batch, is replaced
+by GroupNorm in the client *and* in the server (``ModuleValidator.fix``), and in-place
+activations in the client become out-of-place (Opacus' backward hooks forbid in-place updates
+of a hooked layer's output).
 
-It never trains silently without privacy (opacus#313): sigma must be > 0, defenses whose loss
-couples the samples of a batch are refused (their gradient has no per-sample bound), and
-BatchNorm in the client (which mixes samples) is replaced by GroupNorm (``ModuleValidator.fix``).
+**What is guaranteed, exactly.** The sequence of client parameters is (epsilon, delta)-DP with
+respect to one private training sample *if* every gradient the server returns for a sample is a
+function of that sample's message and label and of state that is independent of the sample. That
+assumption is the protocol's weak point: the server's weights are trained, without privacy, on
+the raw messages of earlier steps - the sample's own included - and every later returned gradient
+depends on them. So the guarantee covers an observer of the client's parameters alone (e.g.
+whoever receives the trained client) under that assumption; it says nothing against the server,
+which sees every message in the clear (add ``dp_noise`` to protect messages). It never trains
+silently without privacy (opacus#313): sigma must be > 0, and defenses whose loss couples the
+samples of a batch are refused (their gradient has no per-sample bound).
 """
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from opacus import GradSampleModule
@@ -32,7 +45,7 @@ from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 
-from defenses.base import Defense, is_number
+from defenses.base import Defense, is_number, private_generator
 from splitpriv.errors import ConfigError, SplitprivError
 
 log = logging.getLogger("splitpriv")
@@ -48,46 +61,65 @@ class DPSGD(Defense):
         max_grad_norm: the per-sample gradient clipping norm C > 0.
         delta: in (0, 1), e.g. below 1 / (number of private training samples).
         accountant: ``rdp`` (default), ``prv`` or ``gdp``.
+        noise_seed: None (operating-system entropy) or a seed for a reproducible experiment.
     """
 
     name = "dp_sgd"
+    parameter_units = {"target_epsilon": "per sample, whole training", "noise_multiplier": "sigma / C",
+                       "max_grad_norm": "C"}
 
     def __init__(self, noise_multiplier: float | None = None, target_epsilon: float | None = None,
-                 max_grad_norm: float = 1.0, delta: float = 1e-5, accountant: str = "rdp"):
+                 max_grad_norm: float = 1.0, delta: float = 1e-5, accountant: str = "rdp", noise_seed: int | None = None):
         super().__init__()
         if noise_multiplier is not None and target_epsilon is not None:
             raise ConfigError("target_epsilon", target_epsilon, "null when noise_multiplier is given (give one of the two)")
-        if noise_multiplier is not None and (not is_number(noise_multiplier) or noise_multiplier <= 0):
-            raise ConfigError("noise_multiplier", noise_multiplier, "a number > 0 (0 would train without privacy)")
-        if target_epsilon is not None and (not is_number(target_epsilon) or target_epsilon <= 0):
-            raise ConfigError("target_epsilon", target_epsilon, "a number > 0")
-        if not is_number(max_grad_norm) or max_grad_norm <= 0:
-            raise ConfigError("max_grad_norm", max_grad_norm, "a number > 0 (the per-sample clipping norm C)")
+        if noise_multiplier is not None and (not is_number(noise_multiplier) or not 0 < noise_multiplier < math.inf):
+            raise ConfigError("noise_multiplier", noise_multiplier, "a finite number > 0 (0 would train without privacy)")
+        if target_epsilon is not None and (not is_number(target_epsilon) or not 0 < target_epsilon < math.inf):
+            raise ConfigError("target_epsilon", target_epsilon, "a finite number > 0")
+        if not is_number(max_grad_norm) or not 0 < max_grad_norm < math.inf:
+            raise ConfigError("max_grad_norm", max_grad_norm, "a finite number > 0 (the per-sample clipping norm C)")
         if not is_number(delta) or not 0 < delta < 1:
             raise ConfigError("delta", delta, "a number in (0, 1), below 1 / (private training samples)")
         if accountant not in ACCOUNTANTS:
             raise ConfigError("accountant", accountant, f"one of {list(ACCOUNTANTS)}")
+        if noise_seed is not None and (not isinstance(noise_seed, int) or isinstance(noise_seed, bool) or noise_seed < 0):
+            raise ConfigError("noise_seed", noise_seed, "null (operating-system entropy) or an integer >= 0")
         self.noise_multiplier = None if target_epsilon is not None else float(noise_multiplier or 1.0)
         self.target_epsilon, self.max_grad_norm, self.delta = target_epsilon, float(max_grad_norm), float(delta)
         self.accountant_name = accountant
         self.accountant = create_accountant(accountant)
         self.sample_rate: float | None = None
         self.expected_batch_size: int | None = None
+        self.noise_seed = noise_seed
+        self.generator = private_generator(noise_seed)
 
     # ------------------------------------------------------------------ before training
     def build(self, module, input_shape) -> None:
-        """Replace BatchNorm in the client by GroupNorm, in the client and in the whole model."""
-        if ModuleValidator.is_valid(module.client):
-            return
-        fixed = ModuleValidator.fix(module.client)
+        """Make every per-sample gradient depend on its own sample only: BatchNorm becomes GroupNorm
+        in the client and in the server (the server's returned gradient for sample i would otherwise
+        depend on the whole batch), and the client's in-place activations become out-of-place."""
+        for part in ("client", "server"):
+            fixed = self._batch_independent(getattr(module, part), part)
+            if fixed is not getattr(module, part):
+                setattr(module, part, fixed)
+                for name, block in fixed.named_children():  # the model keeps sharing the parts' blocks
+                    setattr(module.model.blocks, name, block)
+        for layer in module.client.modules():
+            if getattr(layer, "inplace", False):
+                layer.inplace = False
+
+    @staticmethod
+    def _batch_independent(part: torch.nn.Module, name: str) -> torch.nn.Module:
+        if ModuleValidator.is_valid(part):
+            return part
+        fixed = ModuleValidator.fix(part)
         problems = ModuleValidator.validate(fixed, strict=False)
         if problems:
-            raise SplitprivError(f"dp_sgd: the client part cannot get per-sample gradients: {problems}; "
-                                 f"choose an earlier cut or another model")
-        log.info("dp_sgd: BatchNorm in the client replaced by GroupNorm (opacus ModuleValidator.fix)")
-        module.client = fixed
-        for name, block in fixed.named_children():  # the model keeps sharing the client's blocks
-            setattr(module.model.blocks, name, block)
+            raise SplitprivError(f"dp_sgd: the {name} part cannot give per-sample gradients: {problems}; "
+                                 f"choose another cut or model")
+        log.info("dp_sgd: BatchNorm in the %s replaced by GroupNorm (opacus ModuleValidator.fix)", name)
+        return fixed
 
     def setup(self, module, private_train) -> None:
         coupled = [d.name for d in module.defenses if type(d).client_loss is not Defense.client_loss]
@@ -101,7 +133,7 @@ class DPSGD(Defense):
     def train_loader(self, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
         """Poisson sampling with rate q = 1 / len(loader), which the accountants assume."""
         self.sample_rate, self.expected_batch_size = 1 / len(loader), loader.batch_size
-        return DPDataLoader.from_data_loader(loader, generator=loader.generator)
+        return DPDataLoader.from_data_loader(loader, generator=self.generator)
 
     def configure_client(self, module, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         if self.sample_rate is None:
@@ -114,9 +146,16 @@ class DPSGD(Defense):
                 target_epsilon=self.target_epsilon, target_delta=self.delta, sample_rate=self.sample_rate,
                 epochs=module.trainer.max_epochs, accountant=self.accountant_name)
         dp_optimizer = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
-                                   expected_batch_size=self.expected_batch_size, loss_reduction="mean")
+                                   expected_batch_size=self.expected_batch_size, loss_reduction="mean",
+                                   generator=self.generator)
         dp_optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
         return dp_optimizer
+
+    def teardown(self, module) -> None:
+        """Remove Opacus' hooks: the trained client is then an ordinary module (attacks, inference)."""
+        hooks = self.__dict__.pop("_grad_sample_module", None)
+        if hooks is not None:
+            hooks.cleanup()
 
     # ------------------------------------------------------------------ accounting
     @property
@@ -127,18 +166,25 @@ class DPSGD(Defense):
         return self.accountant.get_epsilon(delta=self.delta) if self.accountant.history else 0.0
 
     def metrics(self) -> dict[str, float]:
-        return {"epsilon": self.spent_epsilon(), "delta": self.delta, "steps": float(self.steps),
+        return {"epsilon_per_sample": self.spent_epsilon(), "delta_per_sample": self.delta, "steps": float(self.steps),
                 "noise_multiplier": float(self.noise_multiplier or float("nan"))}
 
     def config(self) -> dict:
         return {"noise_multiplier": self.noise_multiplier, "target_epsilon": self.target_epsilon,
                 "max_grad_norm": self.max_grad_norm, "delta": self.delta, "accountant": self.accountant_name,
-                "sample_rate": self.sample_rate, "poisson_sampling": True}
+                "sample_rate": self.sample_rate, "poisson_sampling": True,
+                "noise_source": "operating-system entropy" if self.noise_seed is None else "fixed seed (experiment only)"}
 
     # the accountant's history travels in checkpoints: load_run and --resume keep the spent epsilon
+    # (and, when a seed fixed it, the generator's state, so that a resumed experiment continues its draws)
     def get_extra_state(self):
-        return {"history": [list(entry) for entry in self.accountant.history], "noise_multiplier": self.noise_multiplier}
+        state = {"history": [list(entry) for entry in self.accountant.history], "noise_multiplier": self.noise_multiplier}
+        if self.noise_seed is not None:
+            state["generator"] = self.generator.get_state()
+        return state
 
     def set_extra_state(self, state) -> None:
         self.accountant.history = [tuple(entry) for entry in state["history"]]
         self.noise_multiplier = state["noise_multiplier"]
+        if "generator" in state and self.noise_seed is not None:
+            self.generator.set_state(state["generator"])

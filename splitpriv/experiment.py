@@ -21,6 +21,7 @@ from splitpriv.data import SplitData, make_splits
 from splitpriv.errors import SplitprivError
 from splitpriv.exits import build_exits
 from splitpriv.models import build_model
+from splitpriv.provenance import provenance
 from splitpriv.runs import CHECKPOINT, CONFIG_FILE, METRICS_FILE, Run, atomic_write_json, atomic_write_yaml, import_plugins
 from splitpriv.tracking import make_wandb_logger
 from splitpriv.training import SplitLearningModule
@@ -101,7 +102,7 @@ def _resolved(module: SplitLearningModule, data: SplitData) -> dict:
         "dataset_info": dataclasses.asdict(data.info),
         "data_splits": data.description,
         "defenses": [{"name": d.name, **d.config()} for d in module.defenses],
-        "versions": {"torch": str(torch.__version__), "lightning": str(L.__version__)},
+        "provenance": {**provenance(), "lightning": str(L.__version__)},
     }
 
 
@@ -125,6 +126,7 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
     checkpoint = run_dir / CHECKPOINT
     if resume and not checkpoint.exists():
         raise SplitprivError(f"cannot resume: no checkpoint at {checkpoint}")
+    module.resuming_interrupted_run = resume and not (run_dir / METRICS_FILE).exists()
     for defense in module.defenses:
         defense.setup(module, data.dataset("private_train"))
 
@@ -150,6 +152,9 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
         enable_progress_bar=cfg.training.progress_bar,
         enable_model_summary=False,
         log_every_n_steps=1,
+        # no sanity-check validation: with a randomised defense every message is a release of a
+        # private sample, and the accounting counts one validation pass per epoch
+        num_sanity_val_steps=0,
         default_root_dir=str(run_dir),
     )
     started = time.perf_counter()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import torch
+import torchvision
 from torch import nn
 
 from splitpriv.errors import ConfigError
@@ -197,8 +198,6 @@ def mlp(num_classes: int, in_channels: int, image_size: int) -> SplitModel:
 def _vgg(config: str, num_classes: int, in_channels: int, image_size: int) -> SplitModel:
     """torchvision's VGG topology for 32x32 inputs: no 7x7 adaptive pool, a classifier on the
     512-d feature. Every layer of ``features`` (conv, ReLU, pool) is a cut point."""
-    import torchvision
-
     features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs[config], batch_norm=False)
     if in_channels != 3:
         features[0] = nn.Conv2d(in_channels, 64, 3, padding=1)
@@ -239,12 +238,20 @@ def vgg16(num_classes: int, in_channels: int, image_size: int) -> SplitModel:
     return _vgg("D", num_classes, in_channels, image_size)
 
 
+class _OutOfPlaceBasicBlock(torchvision.models.resnet.BasicBlock):
+    """torchvision's BasicBlock with the residual added out of place: its in-place ``out += identity``
+    modifies a layer's output, which per-sample-gradient hooks (Opacus, DP-SGD) forbid."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
 @register_model("resnet18")
 def resnet18(num_classes: int, in_channels: int, image_size: int) -> SplitModel:
     """ResNet-18, CIFAR variant (3x3 stem, no max-pool); cut points at residual-block boundaries."""
-    import torchvision
-
-    net = torchvision.models.resnet18(num_classes=num_classes)
+    net = torchvision.models.ResNet(_OutOfPlaceBasicBlock, [2, 2, 2, 2], num_classes=num_classes)
     stem = nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
     blocks: list[tuple[str, nn.Module]] = [("stem", stem)]
     for layer_name in ("layer1", "layer2", "layer3", "layer4"):

@@ -121,6 +121,8 @@ class Outcome:
     accuracy: float
     leakage_ssim: float
     worst_mse: float
+    message_dp_epsilon_per_sample: float = math.nan  # dp_noise: the messages' privacy per person; nan: none
+    parameter_dp_epsilon_per_sample: float = math.nan  # dp_sgd: the client parameters' privacy per person
 
 
 @dataclass
@@ -152,7 +154,8 @@ def load_sweep(folder: str | Path, model: str, dataset: str) -> SweepResults:
             if row.get("compression", "none") != "none" or row.get("exits", "none") != "none":
                 continue  # adaptation cells; measured adaptations enter through compression_runs / exits_run
             try:
-                key = (int(row["cut_layer"]), row["defense"], row["strength"])
+                strength = row["strength"] and " ".join(filter(None, [row.get("strength_parameter"), row["strength"]]))
+                key = (int(row["cut_layer"]), row["defense"], strength)
                 grouped.setdefault(key, []).append(row)
             except (KeyError, ValueError) as error:
                 raise SplitprivError(f"{frontier} is not a sweep frontier (row {row}): {error}") from None
@@ -161,10 +164,18 @@ def load_sweep(folder: str | Path, model: str, dataset: str) -> SweepResults:
             accuracy=sum(float(r["test_accuracy"]) for r in rows) / len(rows),
             leakage_ssim=min(1.0, max(0.0, max(float(r["worst_ssim"]) for r in rows))),
             worst_mse=min(float(r["worst_mse"]) for r in rows),
+            message_dp_epsilon_per_sample=_largest(rows, "message_dp_epsilon_per_sample"),
+            parameter_dp_epsilon_per_sample=_largest(rows, "parameter_dp_epsilon_per_sample"),
         )
         for key, rows in grouped.items()
     }
     return SweepResults(folder, outcomes)
+
+
+def _largest(rows: list[dict], column: str) -> float:
+    """The largest value of ``column`` over seeds (the weakest guarantee); nan when no row has one."""
+    values = [float(r[column]) for r in rows if r.get(column) not in (None, "")]
+    return max(values) if values else math.nan
 
 
 # ----------------------------------------------------------------------------- measured adaptations
@@ -243,6 +254,8 @@ class Plan:
     accuracy: float  # nan: unknown (no sweep)
     leakage_ssim: float  # nan: unknown
     worst_mse: float
+    message_dp_epsilon_per_sample: float = math.nan
+    parameter_dp_epsilon_per_sample: float = math.nan
     violations: dict[str, float] = field(default_factory=dict)  # constraint -> relative violation
     score: float = math.nan
     pareto: bool = False
@@ -272,7 +285,8 @@ class Plan:
             "processing_s": " ".join(f"{t:.6g}" for t in self.processing_s),
             "transmission_s": " ".join(f"{t:.6g}" for t in self.transmission_s),
             "cost_per_1000": self.cost_per_1000, "accuracy": self.accuracy, "leakage_ssim": self.leakage_ssim,
-            "worst_mse": self.worst_mse, "feasible": self.feasible,
+            "worst_mse": self.worst_mse, "message_dp_epsilon_per_sample": self.message_dp_epsilon_per_sample,
+            "parameter_dp_epsilon_per_sample": self.parameter_dp_epsilon_per_sample, "feasible": self.feasible,
             "violations": " ".join(f"{k}:{v:.3g}" for k, v in self.violations.items()),
             "score": self.score, "pareto": self.pareto,
         }
@@ -361,6 +375,8 @@ def enumerate_plans(scenario: Scenario, catalogue: Catalogue, shape: ModelShape,
                         accuracy=_lowest_known(outcome.accuracy if outcome else math.nan, message.accuracy, exit_accuracy),
                         leakage_ssim=outcome.leakage_ssim if outcome else math.nan,
                         worst_mse=outcome.worst_mse if outcome else math.nan,
+                        message_dp_epsilon_per_sample=outcome.message_dp_epsilon_per_sample if outcome else math.nan,
+                        parameter_dp_epsilon_per_sample=outcome.parameter_dp_epsilon_per_sample if outcome else math.nan,
                     ))
     return plans
 

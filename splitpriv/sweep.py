@@ -32,14 +32,25 @@ from splitpriv.errors import ConfigError, SplitprivError
 from splitpriv.experiment import quiet_lightning, train
 from splitpriv.models import build_model
 from splitpriv.profiling import count_flops
-from splitpriv.runs import METRICS_FILE, atomic_append_line, atomic_save_figure, atomic_write_text, atomic_write_yaml, load_run
+from splitpriv.provenance import provenance
+from splitpriv.runs import (METRICS_FILE, atomic_append_line, atomic_save_figure, atomic_write_json, atomic_write_text,
+                            atomic_write_yaml, load_run)
 from splitpriv.tracking import log_run
 
 SWEEP_FILE, RESULTS_FILE, FRONTIER_CSV, FRONTIER_PNG = "sweep.yaml", "results.jsonl", "frontier.csv", "frontier.png"
-FRONTIER_COLUMNS = ["cut_layer", "cut_name", "defense", "strength", "seed", "test_accuracy", "worst_mse", "worst_psnr",
-                    "worst_ssim", "reconstruction_classifier_accuracy", "dcor", "activation_bytes_per_sample",
-                    "train_time_s", "attack_time_s", "compression", "exits", "gradient_bytes_per_sample",
-                    "client_flops_per_sample"]
+PROVENANCE_FILE = "provenance.json"
+FRONTIER_COLUMNS = ["cut_layer", "cut_name", "defense", "strength", "strength_parameter", "seed", "test_accuracy",
+                    "worst_mse", "worst_psnr", "worst_ssim", "reconstruction_classifier_accuracy", "dcor_sq_bias_corrected",
+                    "message_dp_epsilon_per_sample", "message_dp_delta_per_sample", "message_dp_releases_per_sample",
+                    "parameter_dp_epsilon_per_sample", "parameter_dp_delta_per_sample",
+                    "activation_bytes_per_sample", "train_time_s", "attack_time_s", "compression", "exits",
+                    "gradient_bytes_per_sample", "client_flops_per_sample"]
+# the per-sample privacy of each protected object, as the defenses report it in metrics.json
+DP_COLUMNS = {"message_dp_epsilon_per_sample": "dp_noise/epsilon_per_sample",
+              "message_dp_delta_per_sample": "dp_noise/delta_per_sample",
+              "message_dp_releases_per_sample": "dp_noise/releases_per_sample",
+              "parameter_dp_epsilon_per_sample": "dp_sgd/epsilon_per_sample",
+              "parameter_dp_delta_per_sample": "dp_sgd/delta_per_sample"}
 NO_DEFENSE = "none"
 
 
@@ -58,6 +69,7 @@ DEFAULT_DEFENSES = [
     {"name": "distance_correlation", "parameter": "weight", "strengths": [0.5]},
     {"name": "dp_noise", "parameter": "epsilon", "strengths": [32.0], "params": {"mechanism": "laplace", "clip": "median"}},
     {"name": "decoder_reconstruction", "parameter": "weight", "strengths": [5.0]},
+    {"name": "dp_sgd", "parameter": "target_epsilon", "strengths": [8.0], "params": {"max_grad_norm": 1.0}},
 ]
 # the default attack set, scored on 128 private test images per cell
 DEFAULT_SWEEP_ATTACK = {"samples": 128}
@@ -98,6 +110,7 @@ class Cell:
     strength: float | None
     seed: int
     defense_specs: list[dict]  # the defense's, then the compression's
+    strength_parameter: str | None = None  # e.g. 'epsilon (per message)': what the strength is, in which unit
     compression: str = NO_DEFENSE  # e.g. quantize_bits4
     exits: str = NO_DEFENSE  # e.g. relu2+relu3
     exits_config: dict = field(default_factory=dict)
@@ -120,7 +133,8 @@ class Cell:
 
     def labels(self) -> dict:
         return {"cut_layer": self.cut_layer, "cut_name": self.cut_name, "defense": self.defense,
-                "strength": self.strength, "seed": self.seed, "compression": self.compression, "exits": self.exits}
+                "strength": self.strength, "strength_parameter": self.strength_parameter, "seed": self.seed,
+                "compression": self.compression, "exits": self.exits}
 
 
 # ----------------------------------------------------------------------------- config
@@ -151,18 +165,20 @@ def base_run_config(cfg: SweepConfig) -> RunConfig:
     return dataclasses.replace(run_cfg, wandb=dataclasses.replace(run_cfg.wandb, group=cfg.wandb.group or cfg.sweep_name()))
 
 
-def defense_cells(cfg: SweepConfig) -> list[tuple[str, float | None, list[dict]]]:
-    """(defense, strength, defense specs) for every defense setting of the grid."""
+def defense_cells(cfg: SweepConfig) -> list[tuple[str, float | None, list[dict], str | None]]:
+    """(defense, strength, defense specs, strength parameter with its unit) for every defense setting of the grid."""
     settings = []
     for i, values in enumerate(cfg.defenses):
         axis = from_dict(DefenseAxis, values, f"defenses[{i}].")
         if axis.name == NO_DEFENSE:
-            settings.append((NO_DEFENSE, None, []))
+            settings.append((NO_DEFENSE, None, [], None))
             continue
         for strength in axis.strengths or [None]:
             spec = {"name": axis.name, **axis.params, **({axis.parameter: strength} if axis.parameter else {})}
-            build_defenses([spec])  # unknown defense or parameter: fail before any training
-            settings.append((axis.name, strength, [spec]))
+            defense = build_defenses([spec])[0]  # unknown defense or parameter: fail before any training
+            unit = defense.parameter_units.get(axis.parameter)
+            parameter = axis.parameter and (f"{axis.parameter} ({unit})" if unit else axis.parameter)
+            settings.append((axis.name, strength, [spec], parameter))
     return settings
 
 
@@ -180,8 +196,9 @@ def grid(cfg: SweepConfig, cut_points: list) -> list[Cell]:
                 listing = ", ".join(f"{c.index}={c.name}" for c in cut_points)
                 raise ConfigError("cuts", cut, f"a cut index or name of {cfg.model}: {listing}")
             cuts.append(point)
-    cells = [Cell(cut.index, cut.name, defense, strength, seed, specs + compression_spec, compression, exits, exits_config)
-             for seed in cfg.seeds for defense, strength, specs in defense_cells(cfg)
+    cells = [Cell(cut.index, cut.name, defense, strength, seed, specs + compression_spec, parameter, compression, exits,
+                  exits_config)
+             for seed in cfg.seeds for defense, strength, specs, parameter in defense_cells(cfg)
              for compression, compression_spec in compression_settings(cfg)
              for exits, exits_config, exit_cuts in exit_settings(cfg, cut_points)
              for cut in cuts + [c for c in exit_cuts if c not in cuts]]
@@ -272,7 +289,9 @@ def frontier_metrics(run, record: dict) -> dict:
     worst = record["worst_case"]
     return {"test_accuracy": run.metrics["test_accuracy"], "worst_mse": worst["mse"], "worst_psnr": worst["psnr"],
             "worst_ssim": worst["ssim"], "reconstruction_classifier_accuracy": worst.get("classifier_accuracy"),
-            "dcor": record["dcor"], "activation_bytes_per_sample": run.metrics["activation_bytes_per_sample"],
+            "dcor_sq_bias_corrected": record["dcor_sq_bias_corrected"],
+            **{column: run.metrics.get(key) for column, key in DP_COLUMNS.items()},
+            "activation_bytes_per_sample": run.metrics["activation_bytes_per_sample"],
             "gradient_bytes_per_sample": run.metrics["gradient_bytes_per_sample"],
             "client_flops_per_sample": count_flops(run.send, run.data.dataset("private_test").tensors[0][:1]),
             "train_time_s": run.metrics["train_time_s"], "attack_time_s": record["attack_time_s"]}
@@ -325,6 +344,15 @@ def _check_folder(sweep_dir: Path, resolved: dict, force: bool) -> None:
                 f"the same config to resume it, pass --force to start it afresh, or choose another --out/--name")
 
 
+def record_provenance(sweep_dir: Path) -> None:
+    """``provenance.json``: the command and commit that started the sweep, and each that resumed it."""
+    path = sweep_dir / PROVENANCE_FILE
+    record = json.loads(path.read_text()) if path.exists() else {"started": provenance(), "resumed": []}
+    if path.exists():
+        record["resumed"].append(provenance())
+    atomic_write_json(path, record)
+
+
 def finished_rows(sweep_dir: Path) -> dict[str, dict]:
     """The finished cells of ``results.jsonl`` by key (a half-written last line cannot exist:
     every append rewrites the file atomically)."""
@@ -356,6 +384,7 @@ def run_sweep(cfg: SweepConfig, *, force: bool = False, progress: Callable[[str]
     resolved = json.loads(json.dumps(dataclasses.asdict(dataclasses.replace(cfg, name=cfg.sweep_name()))))
     _check_folder(sweep_dir, resolved, force)
     atomic_write_yaml(sweep_dir / SWEEP_FILE, resolved)
+    record_provenance(sweep_dir)
 
     done = finished_rows(sweep_dir)
     pending = [cell for cell in cells if cell.key not in done]
@@ -420,8 +449,9 @@ def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    def series(row: dict) -> str:  # the defense, with the cell's adaptations if any
-        return "+".join([row["defense"], *(f"{k} {row[k]}" for k in ("compression", "exits") if row.get(k, NO_DEFENSE) != NO_DEFENSE)])
+    def series(row: dict) -> str:  # the defense and its strength (with its unit), with the cell's adaptations if any
+        defense = row["defense"] if row.get("strength") is None else f"{row['defense']} {row['strength_parameter']} {row['strength']:g}"
+        return "+".join([defense, *(f"{k} {row[k]}" for k in ("compression", "exits") if row.get(k, NO_DEFENSE) != NO_DEFENSE)])
 
     defenses = list(dict.fromkeys(series(row) for row in rows))
     colours = plt.get_cmap("tab10")
@@ -454,8 +484,10 @@ def log_summary(cfg: SweepConfig, sweep_dir: Path, rows: list[dict]) -> None:
 def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
     """A plain-text table of frontier rows."""
     columns = columns or ["cut_layer", "cut_name", "defense", "strength", "seed", "test_accuracy", "worst_mse",
-                          "worst_psnr", "worst_ssim", "reconstruction_classifier_accuracy", "dcor"]
-    headers = {"reconstruction_classifier_accuracy": "recon_cls_acc"}
+                          "worst_psnr", "worst_ssim", "reconstruction_classifier_accuracy", "dcor_sq_bias_corrected",
+                          "message_dp_epsilon_per_sample", "parameter_dp_epsilon_per_sample"]
+    headers = {"reconstruction_classifier_accuracy": "recon_cls_acc", "dcor_sq_bias_corrected": "dcor²_bc",
+               "message_dp_epsilon_per_sample": "msg_eps/sample", "parameter_dp_epsilon_per_sample": "param_eps/sample"}
 
     def cell(value: Any) -> str:
         if isinstance(value, float):

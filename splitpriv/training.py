@@ -71,26 +71,28 @@ class SplitLearningModule(L.LightningModule):
                                        for s in ("train", "val", "test")})
         self.activation_bytes_per_sample = 0
         self.gradient_bytes_per_sample = 0
+        self.resuming_interrupted_run = False  # resuming a checkpoint whose training did not finish
         self._train_loss_sum = torch.zeros(())
         self._train_count = 0
 
     # ------------------------------------------------------------------ what crosses the cut
-    def send(self, x: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(activation, message): the client's output and what the server receives."""
-        activation, message, _ = self.client_forward(x, training)
+    def send(self, x: torch.Tensor, training: bool, noisy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(activation, message): the client's output and what the server receives; ``noisy=False``
+        leaves out the random draws of randomised defenses (their deterministic part only)."""
+        activation, message, _ = self.client_forward(x, training, noisy)
         return activation, message
 
-    def client_forward(self, x: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    def client_forward(self, x: torch.Tensor, training: bool, noisy: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """(activation, message, logits of the client's internal classifiers)."""
         activation, exit_logits = run_blocks(self.client, self.client_exits, x)
-        return activation, self.defend(activation, training), exit_logits
+        return activation, self.defend(activation, training, noisy), exit_logits
 
-    def defend(self, activation: torch.Tensor, training: bool) -> torch.Tensor:
+    def defend(self, activation: torch.Tensor, training: bool, noisy: bool = True) -> torch.Tensor:
         """The defenses and compressions at the cut, in order: activation -> message."""
         message = activation
         for defense in self.defenses:
             if training or defense.active_at_inference:
-                message = defense.transform(message)
+                message = defense.transform(message) if noisy else defense.noise_free(message)
         return message
 
     def wire_bytes(self, tensor: torch.Tensor, backward: bool = False, training: bool = True) -> float:
@@ -164,6 +166,10 @@ class SplitLearningModule(L.LightningModule):
             if extra is not None:
                 client_objective = client_objective + extra
         client_opt.zero_grad()
+        for index in self._defense_optimizer_index.values():
+            # a defense may read what the client's backward leaves on its own parts (the decoder
+            # defense does), so nothing of the previous step may remain there
+            optimizers[index].zero_grad()
         client_objective.backward()
         client_opt.step()
 
@@ -178,6 +184,16 @@ class SplitLearningModule(L.LightningModule):
         self._train_loss_sum = self._train_loss_sum + loss.detach() * len(y)
         self._train_count += len(y)
         self.accuracy["train_acc"].update(logits.detach(), y)
+
+    def on_train_start(self) -> None:
+        if self.resuming_interrupted_run:  # set by splitpriv.train; the checkpoint's state is restored by now
+            for defense in self.defenses:
+                defense.resumed()
+            self.resuming_interrupted_run = False
+
+    def on_fit_end(self) -> None:
+        for defense in self.defenses:
+            defense.teardown(self)
 
     def on_train_epoch_end(self):
         values = {

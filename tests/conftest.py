@@ -1,4 +1,5 @@
 import os
+import statistics
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,14 @@ def mnist_root():
     if root is None:
         pytest.skip("real MNIST not found: set SPLITPRIV_DATA to a folder holding MNIST/raw")
     return root
+
+
+def assert_higher(higher: list[float], lower: list[float], what: str) -> None:
+    """mean(higher) > mean(lower) beyond the spread over seeds: Welch's t above its one-sided 95 % quantile.
+
+    The comparison for claims that a defense changes leakage (never a strict > on one seed)."""
+    from scipy import stats
+
+    difference = statistics.mean(higher) - statistics.mean(lower)
+    t, p = stats.ttest_ind(higher, lower, equal_var=False, alternative="greater")
+    assert difference > 0 and p < 0.05, f"{what}: {higher} vs {lower} (t {t:.2f}, p {p:.3f})"

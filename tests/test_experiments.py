@@ -34,3 +34,12 @@ def test_sweep_config_is_valid_and_its_grid_is_not_empty(path):
 
     cfg = sweep.load_sweep_config(yaml.safe_load(path.read_text()))
     assert cfg.dataset and cfg.model
+
+
+def test_the_default_sweep_is_the_shipped_digits_sweep_config():
+    import yaml
+
+    from splitpriv import sweep
+
+    shipped = sweep.load_sweep_config(yaml.safe_load((EXPERIMENTS / "digits_sweep.yaml").read_text()))
+    assert shipped == sweep.load_sweep_config({"name": shipped.name})

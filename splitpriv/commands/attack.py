@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {label:32s} mse {result['mse']:.4f}  psnr {result['psnr']:6.2f}  ssim {result['ssim']:.3f}  "
               f"classifier acc {result['classifier_accuracy'] if result['classifier_accuracy'] is not None else '-'}")
     print(f"worst case: mse {worst['mse']:.4f} ({worst['mse_attack']}), ssim {worst['ssim']:.3f} ({worst['ssim_attack']}); "
-          f"dcor(x, message) {record['dcor']:.3f}")
+          f"bias-corrected dCor²(x, message) {record['dcor_sq_bias_corrected']:.3f}")
     print(f"written {Path(trained.path) / 'attack.json'} and reconstructions.png")
     _log_attack(trained, record)
     print(json.dumps(worst))

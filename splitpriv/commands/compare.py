@@ -1,14 +1,17 @@
-"""``splitpriv compare``: frontiers of several sweeps (or attacked runs) side by side."""
+"""``splitpriv compare``: frontiers of several sweeps (or attacked runs) side by side, as text or as a
+Markdown table that names the command and commit behind every folder's numbers."""
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import statistics
 from pathlib import Path
 
 from splitpriv.errors import SplitprivError
 
-HELP = "print the frontiers of sweep folders (or attacked run folders) side by side, one line per cut and defense"
+HELP = ("print the frontiers of sweep folders (or attacked run folders) side by side, one line per cut and "
+        "defense, averaged over seeds; --markdown FILE writes the table with the provenance of each folder")
 SHOWN = ("test_accuracy", "worst_mse", "worst_ssim")
 
 
@@ -27,6 +30,17 @@ def frontier_rows(folder: Path) -> list[dict]:
                          f"metrics.json); run 'splitpriv sweep' or 'splitpriv attack --run {folder}' first")
 
 
+def folder_provenance(folder: Path) -> dict | None:
+    """The provenance a sweep (provenance.json) or a run (config.yaml) recorded, if any."""
+    if (folder / "provenance.json").exists():
+        return json.loads((folder / "provenance.json").read_text())["started"]
+    if (folder / "config.yaml").exists():
+        import yaml
+
+        return (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("resolved", {}).get("provenance")
+    return None
+
+
 def _number(text: str):
     if text == "":
         return None
@@ -39,37 +53,84 @@ def _number(text: str):
             return text
 
 
-def mean_by_cell(rows: list[dict]) -> dict[tuple, dict]:
-    """Rows keyed by (cut_layer, cut_name, defense, strength), each metric averaged over seeds."""
-    grouped: dict[tuple, list[dict]] = {}
+def _strength(row: dict) -> str:
+    """e.g. 'epsilon (per message) 32': the strength with what it is, or '-'."""
+    if row.get("strength") is None:
+        return "-"
+    return " ".join(filter(None, [row.get("strength_parameter"), f"{row['strength']:g}"]))
+
+
+def by_cell(rows: list[dict], metrics: tuple[str, ...]) -> dict[tuple, dict[str, list[float]]]:
+    """Each metric's values over seeds, keyed by (cut_layer, cut_name, defense, strength)."""
+    grouped: dict[tuple, dict[str, list[float]]] = {}
     for row in rows:
-        grouped.setdefault((row["cut_layer"], row["cut_name"], row["defense"], row["strength"]), []).append(row)
-    return {key: {m: sum(r[m] for r in group) / len(group) for m in SHOWN} for key, group in grouped.items()}
+        cell = grouped.setdefault((row["cut_layer"], row["cut_name"], row["defense"], _strength(row)), {m: [] for m in metrics})
+        for metric in metrics:
+            if row.get(metric) is not None:
+                cell[metric].append(float(row[metric]))
+    return grouped
 
 
-def compare_table(folders: list[Path]) -> str:
-    frontiers = [mean_by_cell(frontier_rows(folder)) for folder in folders]
+def _format(values: list[float]) -> str:
+    """The mean, with ± the standard deviation over seeds and their number when there are several."""
+    if not values:
+        return "-"
+    mean = statistics.mean(values)
+    text = f"{mean:.4f}" if abs(mean) < 10 else f"{mean:.1f}"
+    return text if len(values) == 1 else f"{text} ± {statistics.stdev(values):.4f} (n={len(values)})"
+
+
+def compare_lines(folders: list[Path], metrics: tuple[str, ...] = SHOWN) -> list[list[str]]:
+    """The header and one line per (cut, defense, strength) over every folder."""
+    frontiers = [by_cell(frontier_rows(folder), metrics) for folder in folders]
     keys = sorted({key for frontier in frontiers for key in frontier}, key=lambda k: (k[0], str(k[2]), str(k[3])))
-    header = ["cut", "defense", "strength"] + [f"{folder.name}:{m.replace('test_', '').replace('worst_', 'w_')}"
-                                                for folder in folders for m in SHOWN]
-    lines = [header]
+    short = lambda m: m.replace("test_", "").replace("worst_", "w_")  # noqa: E731
+    lines = [["cut", "defense", "strength"] + [f"{folder.name}:{short(m)}" for folder in folders for m in metrics]]
     for key in keys:
         values = []
         for frontier in frontiers:
-            row = frontier.get(key)
-            values += [f"{row[m]:.4f}" if row else "-" for m in SHOWN]
-        lines.append([f"{key[0]}:{key[1]}", str(key[2]), "-" if key[3] is None else f"{key[3]:g}"] + values)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+            cell = frontier.get(key)
+            values += [_format(cell[m]) if cell else "-" for m in metrics]
+        lines.append([f"{key[0]}:{key[1]}", str(key[2]), key[3]] + values)
+    return lines
+
+
+def compare_table(folders: list[Path], metrics: tuple[str, ...] = SHOWN) -> str:
+    lines = compare_lines(folders, metrics)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(v.rjust(w) for v, w in zip(line, widths)) for line in lines)
+
+
+def markdown_table(folders: list[Path], metrics: tuple[str, ...] = SHOWN, command: str = "") -> str:
+    """The table in Markdown, headed by how it was generated and, per folder, what produced its numbers."""
+    lines = compare_lines(folders, metrics)
+    text = [f"Generated by `{command}`." if command else "Generated by `splitpriv compare --markdown`.", ""]
+    for folder in folders:
+        origin = folder_provenance(folder)
+        text.append(f"- `{folder.name}`: " + (f"`{origin['command']}` at commit `{origin['commit']}`, {origin['created_utc']}"
+                                              if origin else "no provenance recorded"))
+    text += ["", "| " + " | ".join(lines[0]) + " |", "|" + "---|" * len(lines[0])]
+    text += ["| " + " | ".join(line) + " |" for line in lines[1:]]
+    return "\n".join(text) + "\n"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folders", nargs="+", type=Path, help="sweep folders (runs/<sweep>) or attacked run folders")
+    parser.add_argument("--metrics", nargs="+", default=list(SHOWN),
+                        help="frontier.csv columns to show (e.g. worst_psnr dcor_sq_bias_corrected message_dp_epsilon_per_sample)")
+    parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the table as Markdown, with provenance")
 
 
 def run(args: argparse.Namespace) -> int:
+    from splitpriv.provenance import command_line
+    from splitpriv.runs import atomic_write_text
+
     for folder in args.folders:
         if not folder.is_dir():
             raise SplitprivError(f"no such folder: {folder}")
-    print(compare_table(args.folders))
+    metrics = tuple(args.metrics)
+    print(compare_table(args.folders, metrics))
+    if args.markdown:
+        atomic_write_text(args.markdown, markdown_table(args.folders, metrics, command_line()))
+        print(f"wrote {args.markdown}")
     return 0

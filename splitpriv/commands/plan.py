@@ -78,6 +78,11 @@ def _print_plan(p, with_privacy: bool) -> None:
           + " ; transmission " + " + ".join(f"{l} {t * 1e3:.2f} ms" for l, t in zip(p.links, p.transmission_s)))
     print(f"  cost ${p.cost_per_1000:.3g} per 1,000 requests; accuracy {_fmt(p.accuracy, '.3f')}; "
           f"leakage SSIM {_fmt(p.leakage_ssim, '.3f') if with_privacy else 'unknown'}, worst-case MSE {_fmt(p.worst_mse, '.4f')}")
+    guarantees = [f"{what} (ε, δ)-DP per sample with ε {value:.3g}" for what, value in
+                  (("messages", p.message_dp_epsilon_per_sample), ("client parameters", p.parameter_dp_epsilon_per_sample))
+                  if not math.isnan(value)]
+    if guarantees:
+        print("  " + "; ".join(guarantees))
     if p.violations:
         print("  violates: " + ", ".join(f"{k} by {v:.0%}" for k, v in p.violations.items()))
 
