@@ -17,6 +17,8 @@ import torch.nn.functional as F
 
 from attacks.base import Attack, AttackTarget, EarlyStopping, fit_with_early_stopping, holdout_split
 from splitpriv.decoders import CAPACITIES, build_decoder
+from defenses.base import is_number
+from splitpriv.config import MAX_EPOCHS, is_int
 from splitpriv.errors import ConfigError
 
 
@@ -30,12 +32,13 @@ class DecoderInversion(Attack):
         if capacity not in CAPACITIES:
             raise ConfigError("capacity", capacity, f"one of {sorted(CAPACITIES)}")
         for key, value in (("max_epochs", max_epochs), ("patience", patience), ("batch_size", batch_size)):
-            if not (isinstance(value, int) and value >= 1) and not (key == "batch_size" and value is None):
-                raise ConfigError(key, value, "an integer >= 1" + (" or null (auto)" if key == "batch_size" else ""))
-        if not 0 < holdout_fraction < 1:
-            raise ConfigError("holdout_fraction", holdout_fraction, "a fraction in (0, 1)")
-        if lr <= 0 or min_delta < 0:
-            raise ConfigError("lr" if lr <= 0 else "min_delta", lr if lr <= 0 else min_delta, "lr > 0, min_delta >= 0")
+            if not (is_int(value) and 1 <= value <= MAX_EPOCHS) and not (key == "batch_size" and value is None):
+                raise ConfigError(key, value, f"an integer in [1, {MAX_EPOCHS:,}]" + (" or null (auto)" if key == "batch_size" else ""))
+        for key, value, ok, allowed in (("holdout_fraction", holdout_fraction, lambda v: 0 < v < 1, "a fraction in (0, 1)"),
+                                        ("lr", lr, lambda v: v > 0, "a number > 0"),
+                                        ("min_delta", min_delta, lambda v: v >= 0, "a number >= 0")):
+            if not is_number(value) or not ok(value):
+                raise ConfigError(key, value, allowed)
         self.capacity = capacity
         self.stopping = EarlyStopping(max_epochs, patience, min_delta, batch_size, lr, holdout_fraction)
         self.decoder = None

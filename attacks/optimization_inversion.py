@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 
 from attacks.base import Attack, AttackTarget
+from defenses.base import is_number
+from splitpriv.config import is_int
 from splitpriv.errors import ConfigError
 
 
@@ -39,14 +41,15 @@ class OptimizationInversion(Attack):
     def __init__(self, tv_weight: float = 0.05, lr: float = 0.05, max_steps: int = 2000, check_every: int = 50,
                  tolerance: float = 1e-3, start: float | str = 0.5):
         for key, value in (("max_steps", max_steps), ("check_every", check_every)):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(key, value, "an integer >= 1")
-        for key, value, ok, allowed in (("tv_weight", tv_weight, tv_weight >= 0, "a number >= 0"),
-                                        ("lr", lr, lr > 0, "a number > 0"),
-                                        ("tolerance", tolerance, tolerance >= 0, "a number >= 0"),
-                                        ("start", start, start == "random" or 0 <= start <= 1, "a grey level in [0, 1] or 'random'")):
-            if not ok:
+            if not is_int(value) or not 1 <= value <= 10_000_000:
+                raise ConfigError(key, value, "an integer in [1, 10,000,000]")
+        for key, value, ok, allowed in (("tv_weight", tv_weight, lambda v: v >= 0, "a number >= 0"),
+                                        ("lr", lr, lambda v: v > 0, "a number > 0"),
+                                        ("tolerance", tolerance, lambda v: v >= 0, "a number >= 0")):
+            if not is_number(value) or not ok(value):
                 raise ConfigError(key, value, allowed)
+        if start != "random" and not (is_number(start) and 0 <= start <= 1):
+            raise ConfigError("start", start, "a grey level in [0, 1] or 'random'")
         self.tv_weight, self.lr, self.max_steps = float(tv_weight), float(lr), max_steps
         self.check_every, self.tolerance, self.start = check_every, float(tolerance), start
         self.target: AttackTarget | None = None

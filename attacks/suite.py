@@ -68,7 +68,7 @@ def load_proxy(data, data_config, source: str | None, size: int | None, seed: in
         same_classes = data_config.proxy_dataset in (None, dataset)
     else:
         is_file = source.endswith(".npz")
-        raw = load_images("npz", path=source) if is_file else load_images(source, data_config.root, True)
+        raw = load_images("npz", path=source, key="proxy") if is_file else load_images(source, data_config.root, True, key="proxy")
         images = ImageSet(match_shape(raw.images, data.info.in_channels, data.info.image_size), raw.labels)
         description = f"{source}{'' if is_file else ':train'} mapped to {data.info.input_shape}"
         same_classes = source == dataset

@@ -19,6 +19,7 @@ Adding a defense is one file with a ``Defense`` subclass plus one line in ``defe
 """
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -133,8 +134,9 @@ class Defense(nn.Module):
 
 
 def is_number(value: Any) -> bool:
-    """An int or float, not a bool: what numeric defense parameters must be."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float, not a bool: what numeric defense parameters must be (NaN passes every
+    '> 0' check, so it is refused here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class StepMean:

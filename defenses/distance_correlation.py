@@ -8,11 +8,15 @@ bias-corrected estimator instead.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from defenses.base import CutContext, Defense, StepMean, is_number
 from splitpriv.errors import ConfigError
 from splitpriv.measures import distance_correlation
+
+log = logging.getLogger("splitpriv")
 
 
 class DistanceCorrelation(Defense):
@@ -32,9 +36,19 @@ class DistanceCorrelation(Defense):
         self.weight = float(weight)
         self._dcor = StepMean()
 
+    def train_loader(self, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+        """dCor needs two samples per batch: refuse batches of one, and drop an epoch's last batch when
+        it would hold a single sample (a different one each epoch, the order being reshuffled)."""
+        if loader.batch_size is None or loader.batch_size < 2:
+            raise ConfigError("training.batch_size", loader.batch_size,
+                              "an integer >= 2 with distance_correlation (dCor needs two samples per batch)")
+        if len(loader.dataset) % loader.batch_size != 1 or loader.drop_last:
+            return loader
+        log.info("distance_correlation: the last batch of each epoch would hold 1 sample, which dCor cannot use: dropped")
+        return torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=loader.sampler,
+                                           drop_last=True, generator=loader.generator)
+
     def client_loss(self, context: CutContext) -> torch.Tensor | None:
-        if len(context.inputs) < 2:  # the last batch of an epoch may hold one sample: nothing to decorrelate
-            return None
         dcor = distance_correlation(context.inputs, context.message)
         self._dcor.add(dcor.detach())
         return self.weight * dcor

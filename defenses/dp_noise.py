@@ -40,6 +40,7 @@ from defenses.base import Defense, NoiseModel, is_number, private_generator
 from splitpriv.errors import ConfigError
 
 MECHANISMS = ("laplace", "gaussian")
+MAX_GAUSSIAN_EPSILON = 700.0
 
 
 def _normal_cdf(t: float) -> float:
@@ -108,6 +109,9 @@ class DPNoise(Defense):
             raise ConfigError("mechanism", mechanism, f"one of {list(MECHANISMS)}")
         if not is_number(epsilon) or not 0 < epsilon < math.inf:
             raise ConfigError("epsilon", epsilon, "a finite number > 0 (the privacy budget of one message)")
+        if mechanism == "gaussian" and epsilon > MAX_GAUSSIAN_EPSILON:
+            raise ConfigError("epsilon", epsilon, f"at most {MAX_GAUSSIAN_EPSILON} for the Gaussian mechanism (its "
+                              f"calibration needs exp(epsilon), which overflows beyond; such noise is negligible anyway)")
         if not is_number(delta) or not 0 < delta < 1:
             raise ConfigError("delta", delta, "a number in (0, 1), e.g. 1e-5")
         if clip != "median" and (not is_number(clip) or not 0 < clip < math.inf):

@@ -1,16 +1,21 @@
 """``splitpriv <command>``: the command-line front door.
 
-Each command is one module in ``splitpriv/commands/`` with ``HELP``, ``add_arguments(parser)``
-and ``run(args) -> int``. User errors (bad config, missing data, wrong cut) print one message
-and exit with code 2; no traceback.
+Each command is one module in ``splitpriv/commands/`` with ``HELP``, ``add_arguments(parser)``,
+``run(args) -> int`` and optionally ``FLAG_KEYS`` (config key -> the flags that set it).
+
+This is the one place where failures become exit codes: a problem with the user's input, files or
+saved state (:class:`SplitprivError`, or the file system's ``OSError``) prints one message naming
+the file or key, what is wrong and how to fix it, exit code 2; Ctrl-C exits 130; anything else is
+a bug in splitpriv and keeps its traceback, with a line saying so, exit code 1.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+import traceback
 
-from splitpriv.errors import SplitprivError
+from splitpriv.errors import ConfigError, SplitprivError, TrainingInterrupted
 
 COMMANDS = ["train", "attack", "sweep", "compare", "profile", "plan", "cost", "exits", "lighten"]
 
@@ -39,21 +44,42 @@ def build_parser() -> argparse.ArgumentParser:
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP,
                                     formatter_class=_HelpFormatter)
         module.add_arguments(sub)
-        sub.set_defaults(handler=module.run, parser=sub)
+        sub.set_defaults(handler=module.run, parser=sub, flag_keys=getattr(module, "FLAG_KEYS", {}))
     return parser
 
 
+def user_message(error: BaseException, argv: list[str], flag_keys: dict[str, str]) -> str:
+    """The message for a user-fixable error; a config key the user set by a flag is named by that flag."""
+    if isinstance(error, ConfigError):
+        typed = [flag for flag in flag_keys.get(error.key, ()) if any(a == flag or a.startswith(flag + "=") for a in argv)]
+        if typed:
+            return str(ConfigError(f"{typed[0]}' ('{error.key}", error.value, error.allowed, error.problem))
+    if isinstance(error, OSError):
+        where = " -> ".join(str(f) for f in (error.filename, error.filename2) if f is not None)
+        return (f"{error.strerror or error}: {where}" if where else str(error)) + \
+            " (check that the path exists, is the kind of file expected, is writable and that the disk has room)"
+    return str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except SplitprivError as error:
-        print(f"splitpriv {args.command}: error: {error}", file=sys.stderr)
+    except (SplitprivError, OSError) as error:
+        print(f"splitpriv {args.command}: error: {user_message(error, argv, args.flag_keys)}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as interrupted:
+        print(f"splitpriv {args.command}: interrupted: {interrupted}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print(f"splitpriv {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug, not a user error: keep the evidence
+        traceback.print_exc()
+        print(f"splitpriv {args.command}: unexpected internal error: this is a bug in splitpriv, not a problem "
+              f"with your input; please report it with the traceback above", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import yaml
 from torch import nn
 
 from defenses.base import Defense
-from splitpriv.errors import ConfigError, SplitprivError
+from splitpriv.errors import ConfigError, RunStateError, SplitprivError
 
 FP32_BYTES = 4
 
@@ -269,13 +269,18 @@ class MeasuredMessage:
 
 def measured_message(run_path: str | Path) -> MeasuredMessage:
     """Read a trained run's config and metrics (no model is loaded)."""
+    from splitpriv.runs import read_metrics, read_run_config
+
     folder = Path(run_path)
     if not (folder / "metrics.json").exists():
         raise SplitprivError(f"compression run {folder}: metrics.json is missing; train it first")
-    metrics = json.loads((folder / "metrics.json").read_text())
-    config = yaml.safe_load((folder / "config.yaml").read_text())
-    specs = config.get("defenses") or []
+    config, _ = read_run_config(folder)
+    metrics = read_metrics(folder)
+    specs = config.defenses
     label = "+".join(s["name"] + "(" + ", ".join(f"{k}={v}" for k, v in s.items() if k != "name") + ")" for s in specs)
-    return MeasuredMessage(label or "fp32", config["model"]["name"], config["data"]["dataset"], int(metrics["cut_layer"]),
-                           float(metrics["activation_bytes_per_sample"]), float(metrics["test_accuracy"]),
-                           bool(specs) and all(s["name"] == Bottleneck.name for s in specs))
+    try:
+        return MeasuredMessage(label or "fp32", config.model.name, config.data.dataset, int(metrics["cut_layer"]),
+                               float(metrics["activation_bytes_per_sample"]), float(metrics["test_accuracy"]),
+                               bool(specs) and all(s.get("name") == Bottleneck.name for s in specs))
+    except (KeyError, TypeError, ValueError) as error:
+        raise RunStateError(f"{folder / 'metrics.json'} lacks a usable {error}; retrain the run") from None

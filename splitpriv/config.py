@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +29,24 @@ def check(predicate: Callable[[Any], bool], allowed: str) -> dict:
 
 
 POSITIVE_INT = check(lambda v: v is None or v >= 1, "an integer >= 1")
+MAX_EPOCHS = 100_000  # beyond this a run is a typo, not an experiment
+EPOCHS = check(lambda v: 1 <= v <= MAX_EPOCHS, f"an integer in [1, {MAX_EPOCHS:,}]")
+NAME_PATTERN = re.compile(r"[\w+-][\w.+-]{0,199}")
+
+
+def is_int(value: Any) -> bool:
+    """An int, not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_safe_name(value: str | None) -> bool:
+    """A folder name that stays inside its parent: one path component of letters, digits, '_', '-',
+    '+' and '.', not starting with '.' (so neither '..' nor a hidden name), at most 200 characters."""
+    return value is None or bool(NAME_PATTERN.fullmatch(value))
+
+
+SAFE_NAME = check(is_safe_name, "a folder name of letters, digits, '_', '-', '+' and '.', not starting with '.' "
+                                "(no '/', no '..': a name stays inside its output folder)")
 NON_NEGATIVE = check(lambda v: v >= 0, "a number >= 0")
 POSITIVE = check(lambda v: v > 0, "a number > 0")
 FRACTION = check(lambda v: 0 <= v < 1, "a fraction in [0, 1)")
@@ -63,7 +83,7 @@ class ModelConfig:
 
 @dataclass
 class TrainingConfig:
-    epochs: int = field(default=15, metadata=POSITIVE_INT)
+    epochs: int = field(default=15, metadata=EPOCHS)
     batch_size: int = field(default=64, metadata=POSITIVE_INT)
     client_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     server_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -94,7 +114,7 @@ class ExitsConfig:
 
 @dataclass
 class RunConfig:
-    name: str | None = None  # run folder name; None: derived from data set, model, cut and seed
+    name: str | None = field(default=None, metadata=SAFE_NAME)  # run folder name; None: from data set, model, cut, seed
     out: str = "runs"
     seed: int = field(default=0, metadata=check(lambda v: v >= 0, "an integer >= 0"))
     plugins: list[str] = field(default_factory=list)  # python files that register models, defenses, attacks
@@ -113,6 +133,31 @@ class RunConfig:
 
 
 # ----------------------------------------------------------------------------- parsing
+
+
+def non_finite_path(value: Any, key: str) -> str | None:
+    """The dotted key of the first NaN or infinity inside ``value`` (lists and mappings searched), or None.
+
+    No splitpriv setting takes NaN or an infinity: NaN passes every '> 0' check, infinity most."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key
+    if isinstance(value, dict):
+        return next(filter(None, (non_finite_path(v, f"{key}.{k}") for k, v in value.items())), None)
+    if isinstance(value, (list, tuple)):
+        return next(filter(None, (non_finite_path(v, f"{key}[{i}]") for i, v in enumerate(value))), None)
+    return None
+
+
+def check_finite(value: Any, key: str) -> None:
+    path = non_finite_path(value, key)
+    if path is not None:
+        raise ConfigError(path, _value_at(value, path[len(key):]), "a finite number (no NaN or infinity)")
+
+
+def _value_at(value: Any, suffix: str) -> Any:
+    for part in re.findall(r"\.([^.[\]]+)|\[(\d+)\]", suffix):
+        value = value[part[0]] if part[0] else value[int(part[1])]
+    return value
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
@@ -156,6 +201,7 @@ def from_dict(cls: type, values: dict | None, prefix: str = "", extra_checks: di
             nested_checks = DATA_CHECKS if annotation is DataConfig else None
             kwargs[name] = from_dict(annotation, value, key + ".", nested_checks)
             continue
+        check_finite(value, key)
         if not _type_ok(value, annotation):
             raise ConfigError(key, value, _type_name(annotation))
         if annotation is float or annotation == (float | None):
@@ -167,16 +213,23 @@ def from_dict(cls: type, values: dict | None, prefix: str = "", extra_checks: di
     return cls(**kwargs)
 
 
-def load_yaml(path: str | Path) -> dict:
+def load_yaml(path: str | Path, what: str = "config file") -> dict:
+    """A YAML mapping from ``path``; every problem with the file is one message naming it."""
     file = Path(path)
     if not file.exists():
-        raise SplitprivError(f"config file not found: {file}")
+        raise SplitprivError(f"{what} not found: {file}")
+    if not file.is_file():
+        raise SplitprivError(f"{what} {file} is not a file (a folder?); give the path of a .yaml file")
     try:
-        loaded = yaml.safe_load(file.read_text())
+        loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise SplitprivError(f"{what} {file} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8 YAML") from None
     except yaml.YAMLError as error:
-        raise SplitprivError(f"config file {file} is not valid YAML: {error}") from None
+        raise SplitprivError(f"{what} {file} is not valid YAML: {error}") from None
+    except OSError as error:
+        raise SplitprivError(f"{what} {file} cannot be read: {error.strerror}") from None
     if loaded is not None and not isinstance(loaded, dict):
-        raise SplitprivError(f"config file {file} must hold a mapping of keys to values")
+        raise SplitprivError(f"{what} {file} must hold a mapping of keys to values, not a {type(loaded).__name__}")
     return loaded or {}
 
 
@@ -213,6 +266,7 @@ def build_registered(registry: dict[str, type], spec: Any, key: str, example: st
     if cls is None:
         raise ConfigError(f"{key}.name", spec["name"], f"one of {sorted(registry)}")
     params = {k: v for k, v in spec.items() if k != "name"}
+    check_finite(params, key)
     accepted = sorted(p for p in inspect.signature(cls.__init__).parameters if p != "self")
     for param in params:
         if param not in accepted:

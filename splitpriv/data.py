@@ -10,11 +10,14 @@ Images are held as uint8 (N, C, H, W) and served normalised with the data set's 
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
 import os
+import pickle
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from splitpriv.errors import ConfigError, DataNotFoundError
+from splitpriv.errors import ConfigError, DataFileError, DataNotFoundError, SplitprivError
 
 DATA_ROOT_ENV = "SPLITPRIV_DATA"
 
@@ -96,10 +99,10 @@ def available_datasets() -> list[str]:
 
 
 def load_images(name: str, root: str | os.PathLike | None = None, train: bool = True,
-                download: bool = False, path: str | None = None) -> ImageSet:
-    """One split of a registered data set as uint8 images."""
-    if name not in _LOADERS:
-        raise ConfigError("data.dataset", name, f"one of {available_datasets()}")
+                download: bool = False, path: str | None = None, key: str = "data.dataset") -> ImageSet:
+    """One split of a registered data set as uint8 images; ``key`` names the setting in errors."""
+    if not isinstance(name, str) or name not in _LOADERS:
+        raise ConfigError(key, name, f"one of {available_datasets()}")
     return _LOADERS[name](resolve_data_root(root), train, download, path)
 
 
@@ -110,15 +113,35 @@ def _fixed_split(images: ImageSet, train: bool, test_fraction: float = 0.2) -> I
     return images.subset(order[n_test:] if train else order[:n_test])
 
 
-def _as_nchw(x: np.ndarray) -> torch.Tensor:
+def _as_nchw(x: np.ndarray, source: str = "images") -> torch.Tensor:
+    """uint8 images as (N, C, H, W); any other shape or dtype is a :class:`DataFileError` naming ``source``."""
     x = np.asarray(x)
     if x.dtype != np.uint8:
-        raise ValueError(f"images must be uint8, got {x.dtype}")
+        raise DataFileError(f"{source}: images must be uint8 (0..255), got {x.dtype}; convert them with "
+                            f"np.clip(x, 0, 255).astype(np.uint8)")
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
         x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise DataFileError(f"{source}: images must be (N, H, W), (N, H, W, C) or (N, C, H, W) with 1 or 3 channels, "
+                            f"got shape {x.shape}")
+    if len(x) == 0 or min(x.shape[2:]) == 0:
+        raise DataFileError(f"{source}: holds no images (shape {x.shape})")
     return torch.from_numpy(np.require(x, requirements=["C", "W"]))  # frombuffer arrays are read-only
+
+
+def _as_labels(y: np.ndarray, count: int, source: str = "labels") -> torch.Tensor:
+    """Class indices (N,) int64 >= 0 for ``count`` images; anything else names ``source``."""
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != count:
+        raise DataFileError(f"{source}: labels must be one per image, shape ({count},), got shape {y.shape}")
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_)):
+        if not (np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y))):
+            raise DataFileError(f"{source}: labels must be integer class indices, got {y.dtype}")
+    if len(y) and y.min() < 0:
+        raise DataFileError(f"{source}: labels must be class indices >= 0, found {y.min()}")
+    return torch.from_numpy(y.astype(np.int64))
 
 
 @register_dataset("digits")
@@ -128,15 +151,19 @@ def _digits(root: Path, train: bool, download: bool, path: str | None) -> ImageS
 
     bunch = load_digits()
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
-    return _fixed_split(ImageSet(_as_nchw(images), torch.as_tensor(bunch.target, dtype=torch.int64)), train)
+    return _fixed_split(ImageSet(_as_nchw(images, "digits"), torch.as_tensor(bunch.target, dtype=torch.int64)), train)
 
 
 def _read_idx(path: Path) -> np.ndarray:
     """An IDX file (the MNIST format), plain or gzipped: big-endian magic, dims, then uint8 data."""
-    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
-    ndim = raw[3]
-    dims = np.frombuffer(raw, ">i4", count=ndim, offset=4)
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(tuple(int(d) for d in dims))
+    try:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        ndim = raw[3]
+        dims = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
+        return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim, count=int(np.prod(dims))).reshape(dims)
+    except (OSError, EOFError, zlib.error, IndexError, ValueError) as error:
+        raise DataFileError(f"{path} is not a complete IDX file ({type(error).__name__}: {error}); it may be truncated: "
+                            f"download it again (--download) or restore it") from None
 
 
 def _torchvision_idx_loader(cls_name: str, folder: str) -> Loader:
@@ -146,11 +173,12 @@ def _torchvision_idx_loader(cls_name: str, folder: str) -> Loader:
     def load(root: Path, train: bool, download: bool, path: str | None) -> ImageSet:
         import torchvision
 
-        try:
-            ds = getattr(torchvision.datasets, cls_name)(str(root), train=train, download=download)
-            return ImageSet(ds.data[:, None].contiguous(), ds.targets.to(torch.int64))
-        except RuntimeError:
-            pass
+        with _unreadable_as(root / folder):
+            try:
+                ds = getattr(torchvision.datasets, cls_name)(str(root), train=train, download=download)
+                return ImageSet(ds.data[:, None].contiguous(), ds.targets.to(torch.int64))
+            except RuntimeError:
+                pass
         prefix = "train" if train else "t10k"
         raw = root / folder / "raw"
         files = [raw / f"{prefix}-{kind}-idx{n}-ubyte.gz" for kind, n in (("images", 3), ("labels", 1))]
@@ -161,7 +189,7 @@ def _torchvision_idx_loader(cls_name: str, folder: str) -> Loader:
                 f"--data-root (or ${DATA_ROOT_ENV}) at a folder holding {folder}/raw/."
             )
         images, labels = (_read_idx(f) for f in files)
-        return ImageSet(_as_nchw(images), torch.from_numpy(labels.astype(np.int64)))
+        return ImageSet(_as_nchw(images, str(files[0])), _as_labels(labels, len(images), str(files[1])))
 
     return load
 
@@ -171,24 +199,48 @@ register_dataset("fashion_mnist")(_torchvision_idx_loader("FashionMNIST", "Fashi
 register_dataset("kmnist")(_torchvision_idx_loader("KMNIST", "KMNIST"))
 
 
+@contextlib.contextmanager
+def _unreadable_as(source: Path):
+    """A data file that exists but cannot be decoded becomes a DataFileError naming ``source``."""
+    try:
+        yield
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error, AssertionError,
+            pickle.UnpicklingError) as error:
+        if isinstance(error, FileNotFoundError) or isinstance(error, SplitprivError):
+            raise
+        raise DataFileError(f"{source} cannot be read ({type(error).__name__}: {str(error)[:200]}); it may be "
+                            f"truncated or not the expected format") from None
+
+
 def _read_npz(path: Path, split_key: str | None = None) -> ImageSet:
-    with np.load(path, allow_pickle=False) as npz:
-        x_key, y_key = (f"x_{split_key}", f"y_{split_key}") if split_key else ("x", "y")
-        return ImageSet(_as_nchw(npz[x_key]), torch.from_numpy(npz[y_key].astype(np.int64)))
+    x_key, y_key = (f"x_{split_key}", f"y_{split_key}") if split_key else ("x", "y")
+    with _unreadable_as(path), np.load(path, allow_pickle=False) as npz:
+        missing = [key for key in (x_key, y_key) if key not in npz.files]
+        if missing:
+            raise DataFileError(f"{path} lacks {missing}: it holds {sorted(npz.files)}; an npz data set needs uint8 images "
+                                f"'x' and labels 'y', or x_train, y_train, x_test, y_test")
+        images = _as_nchw(npz[x_key], f"{path}:{x_key}")
+        return ImageSet(images, _as_labels(npz[y_key], len(images), f"{path}:{y_key}"))
 
 
 def _read_jpeg_zip(path: Path, classes: list[str]) -> ImageSet:
     """``train/<class>/NNNN.jpg`` members, in class then index order."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     images, labels = [], []
-    with zipfile.ZipFile(path) as archive:
+    with _unreadable_as(path), zipfile.ZipFile(path) as archive:
         names = sorted(n for n in archive.namelist() if n.endswith(".jpg"))
         for name in names:
-            label = classes.index(name.split("/")[-2])
-            images.append(np.asarray(Image.open(io.BytesIO(archive.read(name))).convert("RGB")))
-            labels.append(label)
-    return ImageSet(_as_nchw(np.stack(images)), torch.tensor(labels, dtype=torch.int64))
+            if name.split("/")[-2] not in classes:
+                raise DataFileError(f"{path}: member {name} is not in a class folder of {classes}")
+            try:
+                images.append(np.asarray(Image.open(io.BytesIO(archive.read(name))).convert("RGB")))
+            except UnidentifiedImageError:
+                raise DataFileError(f"{path}: member {name} is not a readable JPEG") from None
+            labels.append(classes.index(name.split("/")[-2]))
+    if not images:
+        raise DataFileError(f"{path} holds no train/<class>/*.jpg images")
+    return ImageSet(_as_nchw(np.stack(images), str(path)), torch.tensor(labels, dtype=torch.int64))
 
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -201,11 +253,12 @@ def _torchvision_cifar_loader(cls_name: str, folder: str) -> Loader:
     def load(root: Path, train: bool, download: bool, path: str | None) -> ImageSet:
         import torchvision
 
-        try:
-            ds = getattr(torchvision.datasets, cls_name)(str(root), train=train, download=download)
-            return ImageSet(_as_nchw(ds.data), torch.as_tensor(ds.targets, dtype=torch.int64))
-        except RuntimeError:
-            pass
+        with _unreadable_as(root / torchvision.datasets.CIFAR10.base_folder):
+            try:
+                ds = getattr(torchvision.datasets, cls_name)(str(root), train=train, download=download)
+                return ImageSet(_as_nchw(ds.data, cls_name), torch.as_tensor(ds.targets, dtype=torch.int64))
+            except RuntimeError:
+                pass
         split = "train" if train else "test"
         npz, jpeg_zip = root / folder / f"{split}.npz", root / folder / f"{split}_jpg.zip"
         if npz.exists():
@@ -232,9 +285,10 @@ def _npz(root: Path, train: bool, download: bool, path: str | None) -> ImageSet:
     if not path:
         raise ConfigError("data.path", path, "the path of an .npz file with uint8 'x' and labels 'y'")
     file = Path(path).expanduser()
-    if not file.exists():
-        raise DataNotFoundError(f"npz data set not found: {file}. Check --data-path.")
-    with np.load(file, allow_pickle=False) as npz:
+    if not file.is_file():
+        raise DataNotFoundError(f"npz data set not found: {file} is {'a folder' if file.is_dir() else 'missing'}. "
+                                f"Check --data-path.")
+    with _unreadable_as(file), np.load(file, allow_pickle=False) as npz:
         has_splits = "x_train" in npz.files
     if has_splits:
         return _read_npz(file, "train" if train else "test")
@@ -267,8 +321,22 @@ def dataset_info(name: str, train_images: ImageSet) -> DatasetInfo:
         unit = train_images.images.float() / 255
         mean = tuple(unit.mean(dim=(0, 2, 3)).tolist())
         std = tuple(unit.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
-    num_classes = int(train_images.labels.max()) + 1
-    return DatasetInfo(name, num_classes, c, h, tuple(mean), tuple(std))
+    return DatasetInfo(name, class_count(name, train_images.labels), c, h, tuple(mean), tuple(std))
+
+
+MAX_CLASSES = 100_000
+
+
+def class_count(name: str, labels: torch.Tensor) -> int:
+    """K = largest label + 1, refused when the labels are not class indices 0..K-1 (e.g. one stray
+    label of 1,000,000 would build a million-class model)."""
+    if len(labels) == 0:
+        raise DataFileError(f"data set {name}: the training split holds no images")
+    count, present = int(labels.max()) + 1, len(torch.unique(labels))
+    if count > MAX_CLASSES or count > 10 * present:
+        raise DataFileError(f"data set {name}: labels must be class indices 0..K-1, but the largest label is "
+                            f"{count - 1} with only {present} distinct labels; renumber the classes")
+    return count
 
 
 def match_shape(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
@@ -346,6 +414,12 @@ def make_splits(cfg: DataConfig, seed: int) -> SplitData:
     train = load_images(cfg.dataset, cfg.root, True, cfg.download, cfg.path)
     test = load_images(cfg.dataset, cfg.root, False, cfg.download, cfg.path)
     info = dataset_info(cfg.dataset, train)
+    if test.images.shape[1:] != train.images.shape[1:]:
+        raise DataFileError(f"data set {cfg.dataset}: test images are {tuple(test.images.shape[1:])} but training images "
+                            f"{tuple(train.images.shape[1:])}")
+    if len(test) and int(test.labels.max()) >= info.num_classes:
+        raise DataFileError(f"data set {cfg.dataset}: a test label ({int(test.labels.max())}) is outside the training "
+                            f"split's classes 0..{info.num_classes - 1}")
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(train), generator=generator)
 
@@ -360,7 +434,7 @@ def make_splits(cfg: DataConfig, seed: int) -> SplitData:
         proxy = train.subset(proxy_idx)
         proxy_source = f"{cfg.dataset}:train held-out slice ({cfg.proxy_fraction:g})"
     else:
-        other = load_images(cfg.proxy_dataset, cfg.root, cfg.proxy_split == "train", cfg.download)
+        other = load_images(cfg.proxy_dataset, cfg.root, cfg.proxy_split == "train", cfg.download, key="data.proxy_dataset")
         pick = torch.randperm(len(other), generator=generator)[: _take(cfg.proxy_size, len(other), "data.proxy_size")]
         other = other.subset(pick)
         proxy = ImageSet(match_shape(other.images, info.in_channels, info.image_size), other.labels)
@@ -372,6 +446,10 @@ def make_splits(cfg: DataConfig, seed: int) -> SplitData:
     train_idx = train_idx[: _take(cfg.train_size, len(train_idx), "data.train_size")]
     test_idx = torch.randperm(len(test), generator=generator)[: _take(cfg.test_size, len(test), "data.test_size")]
     _check_disjoint(train_idx, val_idx, proxy_idx)
+    for role, count in (("private training", len(train_idx)), ("private test", len(test_idx))):
+        if count == 0:
+            raise DataFileError(f"data set {cfg.dataset}: no {role} images are left ({len(train)} training and "
+                                f"{len(test)} test images, after the proxy and validation slices); use a larger data set")
 
     fingerprint = hashlib.sha256()
     for idx in (train_idx, val_idx, proxy_idx, test_idx):

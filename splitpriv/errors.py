@@ -9,9 +9,21 @@ class ConfigError(SplitprivError, ValueError):
     """An invalid configuration value; the message names the key, the value and what is allowed."""
 
     def __init__(self, key: str, value, allowed: str, problem: str = "invalid value for"):
-        self.key, self.value, self.allowed = key, value, allowed
+        self.key, self.value, self.allowed, self.problem = key, value, allowed, problem
         super().__init__(f"{problem} '{key}': {value!r}; allowed: {allowed}")
 
 
 class DataNotFoundError(SplitprivError, FileNotFoundError):
     """A data set is not where it was looked for."""
+
+
+class DataFileError(SplitprivError):
+    """A data file exists but cannot be used (truncated, wrong dtype or shape, bad labels); the message names it."""
+
+
+class RunStateError(SplitprivError):
+    """A run or sweep folder holds damaged or unsafe state (a corrupt config, an unreadable checkpoint)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: the finished epochs are saved; the message says how to continue."""

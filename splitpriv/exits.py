@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from splitpriv.errors import ConfigError, SplitprivError
+from splitpriv.errors import ConfigError, RunStateError, SplitprivError
 from splitpriv.runs import atomic_save_figure, atomic_write_text
 
 FINAL = "final"
@@ -305,5 +305,8 @@ def chosen_exits(run_path: str | Path) -> tuple[dict[str, float], float]:
     if not chosen:
         raise SplitprivError(f"{path} holds no chosen thresholds (the target accuracy was infeasible); "
                              "rerun 'splitpriv exits' with a reachable --target-accuracy")
-    rates = {key[len("beta_"):]: float(value) for key, value in chosen[0].items() if key.startswith("beta_")}
-    return rates, float(chosen[0]["accuracy"])
+    try:
+        rates = {key[len("beta_"):]: float(value) for key, value in chosen[0].items() if key.startswith("beta_")}
+        return rates, float(chosen[0]["accuracy"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise RunStateError(f"{path} is damaged ({type(error).__name__}: {error}); rerun 'splitpriv exits --run {run_path}'") from None

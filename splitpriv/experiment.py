@@ -1,28 +1,29 @@
 """``splitpriv.train``: one split-learning run from a validated config to a run folder."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-import os
 import shutil
+import signal
 import time
 import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 import defenses as defense_registry  # the module, not its names: importing `defenses` first must not cycle
+from splitpriv.checkpointing import ContinuedCSVLogger, EpochCheckpoint
 from splitpriv.config import RunConfig
 from splitpriv.data import SplitData, make_splits
-from splitpriv.errors import SplitprivError
+from splitpriv.errors import RunStateError, SplitprivError, TrainingInterrupted
 from splitpriv.exits import build_exits
 from splitpriv.models import build_model
 from splitpriv.provenance import provenance
-from splitpriv.runs import CHECKPOINT, CONFIG_FILE, METRICS_FILE, Run, atomic_write_json, atomic_write_yaml, import_plugins
+from splitpriv.runs import (CHECKPOINT, CONFIG_FILE, METRICS_FILE, RUN_MARKER, Run, atomic_write_json, atomic_write_text,
+                            atomic_write_yaml, import_plugins, read_checkpoint)
 from splitpriv.tracking import make_wandb_logger
 from splitpriv.training import SplitLearningModule
 
@@ -78,21 +79,55 @@ def loaders(data: SplitData, batch_size: int, seed: int) -> tuple[DataLoader, Da
     )
 
 
+def _occupied(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds anything: a finished or unfinished run, or files of its own."""
+    return run_dir.exists() and any(run_dir.iterdir())
+
+
 def _run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
+    """The run folder to write; nothing is deleted unless ``force`` and splitpriv made the folder as a run."""
     base = Path(cfg.out)
     run_dir = base / cfg.run_name()
-    if resume or not (run_dir / METRICS_FILE).exists():
+    if base.exists() and not base.is_dir():
+        raise SplitprivError(f"--out {base} is a file, not a folder; choose a folder for the run folders")
+    if resume:
+        return run_dir
+    if not _occupied(run_dir):
         return run_dir
     if force:
+        if not (run_dir / RUN_MARKER).is_file():
+            raise SplitprivError(f"--force would delete {run_dir}, which splitpriv did not create as a run folder "
+                                 f"(it has no {RUN_MARKER}); move or delete it yourself, or choose another --name")
         shutil.rmtree(run_dir)
         return run_dir
     if cfg.name is None:  # an automatic name: take the next free one rather than overwrite
         suffix = 1
-        while (base / f"{cfg.run_name()}-{suffix}" / METRICS_FILE).exists():
+        while _occupied(base / f"{cfg.run_name()}-{suffix}"):
             suffix += 1
         return base / f"{cfg.run_name()}-{suffix}"
-    raise SplitprivError(f"run folder {run_dir} already holds a finished run; pass --force to overwrite it, "
-                         f"--resume to continue it, or another --name.")
+    state = "a finished run" if (run_dir / METRICS_FILE).exists() else \
+        "an unfinished run" if (run_dir / CHECKPOINT).exists() else "files that are not a splitpriv run"
+    raise SplitprivError(f"run folder {run_dir} already holds {state}; pass --resume to continue it, --force to "
+                         f"start afresh (only a splitpriv run folder is ever deleted), or choose another --name.")
+
+
+def _resumable(module: SplitLearningModule, checkpoint: Path) -> int:
+    """The first epoch a resume of ``checkpoint`` trains, once the checkpoint is known to be safe to
+    read and to fit ``module``; nothing in the run folder has changed yet."""
+    if not checkpoint.is_file():
+        raise SplitprivError(f"cannot resume: no checkpoint at {checkpoint}")
+    state = read_checkpoint(checkpoint)
+    try:
+        module.load_state_dict(state["state_dict"])
+    except RuntimeError as error:
+        raise RunStateError(f"cannot resume from {checkpoint}: it does not fit this config "
+                            f"({str(error).splitlines()[0][:200]}); resume with the config the run was trained with") from None
+    return int(state.get("epoch", -1)) + 1
+
+
+def _create_run_folder(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / RUN_MARKER, "made by splitpriv train: splitpriv train --force may delete this folder\n")
 
 
 def _resolved(module: SplitLearningModule, data: SplitData) -> dict:
@@ -124,18 +159,19 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, cut_layer=module.cut_layer))
     run_dir = _run_dir(cfg, resume, force)
     checkpoint = run_dir / CHECKPOINT
-    if resume and not checkpoint.exists():
-        raise SplitprivError(f"cannot resume: no checkpoint at {checkpoint}")
+    first_epoch = _resumable(module, checkpoint) if resume else 0
     module.resuming_interrupted_run = resume and not (run_dir / METRICS_FILE).exists()
     for defense in module.defenses:
         defense.setup(module, data.dataset("private_train"))
 
     config_record = {**cfg.to_dict(), "name": run_dir.name, "resolved": _resolved(module, data)}
-    atomic_write_yaml(run_dir / CONFIG_FILE, config_record)
+    if not resume:  # a resumed run's folder changes only once its new state is known good
+        _create_run_folder(run_dir)
+        atomic_write_yaml(run_dir / CONFIG_FILE, config_record)
     train_loader, val_loader, test_loader = loaders(data, cfg.training.batch_size, cfg.seed)
     for defense in module.defenses:
         train_loader = defense.train_loader(train_loader)
-    loggers = [CSVLogger(str(run_dir), name="logs", version="")]
+    loggers = [ContinuedCSVLogger(str(run_dir), first_epoch=first_epoch, name="logs", version="")]
     wandb_logger = make_wandb_logger(cfg.wandb, run_dir, run_dir.name, job_type="train",
                                       config={**_wandb_config(cfg, module), **(tracking or {})})
     if wandb_logger is not None:
@@ -148,7 +184,7 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
         # deterministic version, and the flag stays set for later work in the same process
         deterministic=True if cfg.training.accelerator == "cpu" else "warn",
         logger=loggers,
-        callbacks=[ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0)],
+        callbacks=[EpochCheckpoint(checkpoint)],
         enable_progress_bar=cfg.training.progress_bar,
         enable_model_summary=False,
         log_every_n_steps=1,
@@ -158,9 +194,11 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
         default_root_dir=str(run_dir),
     )
     started = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(checkpoint) if resume else None)
+    with _interruptible(trainer, checkpoint):
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(checkpoint) if resume else None, weights_only=True)
     train_time_s = time.perf_counter() - started
-    tested = trainer.test(module, test_loader, verbose=False)[0]
+    with _interruptible(trainer, checkpoint):
+        tested = trainer.test(module, test_loader, verbose=False)[0]
 
     metrics = {
         "test_accuracy": float(tested["test_acc"]),
@@ -184,6 +222,21 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
         wandb_logger.experiment.finish()
     module.eval()
     return Run(run_dir, cfg, config_record["resolved"], metrics, module, data)
+
+
+@contextlib.contextmanager
+def _interruptible(trainer: L.Trainer, checkpoint: Path):
+    """Ctrl-C: Lightning shuts down and calls ``sys.exit(1)`` with SIGINT ignored; turn that into
+    :class:`TrainingInterrupted` (exit 130 with a message), the finished epochs being saved."""
+    try:
+        yield
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        saved = f"{trainer.current_epoch} finished epoch(s) are saved in {checkpoint}" if checkpoint.exists() else \
+            "no epoch had finished, so nothing was saved"
+        raise TrainingInterrupted(f"{saved}; run the same command with --resume to continue") from None
 
 
 def _wandb_config(cfg: RunConfig, module: SplitLearningModule) -> dict:

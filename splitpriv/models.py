@@ -18,6 +18,7 @@ and every block but the last is a cut point). Pass the file to the CLI with ``--
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
@@ -54,6 +55,15 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size: int) 
     model = built if isinstance(built, SplitModel) else SplitModel.from_sequential(built)
     model.name = name
     return model
+
+
+def largest_activation_bytes(name: str, num_classes: int, input_shape: Sequence[int], batch_size: int = 1) -> int:
+    """Bytes (fp32) of the input or the largest block output of ``batch_size`` samples, computed on
+    the meta device, so that an absurd input shape is refused before anything is allocated."""
+    with torch.device("meta"):
+        model = build_model(name, num_classes, input_shape[0], input_shape[-1])
+    elements = max([math.prod(input_shape), *(math.prod(shape) for shape in model._block_output_shapes(input_shape))])
+    return 4 * batch_size * elements
 
 
 @dataclass(frozen=True)
@@ -146,12 +156,17 @@ class SplitModel(nn.Module):
         was_training = self.training
         self.eval()
         shapes = []
-        with torch.no_grad():
-            h = torch.zeros(1, *input_shape)
-            for block in self.blocks:
-                h = block(h)
-                shapes.append(tuple(h.shape[1:]))
-        self.train(was_training)
+        try:
+            with torch.no_grad():
+                h = torch.zeros(1, *input_shape, device=next(self.parameters(), torch.zeros(())).device)
+                for name, block in self.blocks.named_children():
+                    h = block(h)
+                    shapes.append(tuple(h.shape[1:]))
+        except RuntimeError as error:  # e.g. an image too small for a kernel or a pool
+            raise ConfigError("model.name", f"{self.name} on inputs {tuple(input_shape)}",
+                              f"an input this model can take: block {name!r} fails ({str(error).splitlines()[0][:160]})") from None
+        finally:
+            self.train(was_training)
         return shapes
 
 

@@ -42,6 +42,7 @@ from splitpriv.latency import Hop, chain_latency
 from splitpriv.models import SplitModel
 from splitpriv.profiling import BYTES_PER_ELEMENT, BlockProfile, profile_blocks
 from splitpriv.runs import atomic_save_figure, atomic_write_text
+from splitpriv.sweep import read_frontier
 
 RAW, LOCAL = "raw", "local"
 OPTIONAL_POSITIVE = check(lambda v: v is None or v > 0, "a number > 0 (or null: no constraint)")
@@ -143,22 +144,17 @@ def load_sweep(folder: str | Path, model: str, dataset: str) -> SweepResults:
     for file in (frontier, description):
         if not file.exists():
             raise SplitprivError(f"--sweep {folder}: {file} is missing; run 'splitpriv sweep --out {folder}' first")
-    sweep = load_yaml(description)
+    sweep = load_yaml(description, "sweep record")
     for key, wanted in (("model", model), ("dataset", dataset)):
         if sweep.get(key) != wanted:
             raise SplitprivError(f"--sweep {folder} measured {key} {sweep.get(key)!r} but the scenario plans {key} "
                                  f"{wanted!r}: leakage does not transfer between {key}s. Sweep {wanted!r} or change the scenario.")
     grouped: dict[tuple[int, str, str], list[dict]] = {}
-    with frontier.open() as handle:
-        for row in csv.DictReader(handle):
-            if row.get("compression", "none") != "none" or row.get("exits", "none") != "none":
-                continue  # adaptation cells; measured adaptations enter through compression_runs / exits_run
-            try:
-                strength = row["strength"] and " ".join(filter(None, [row.get("strength_parameter"), row["strength"]]))
-                key = (int(row["cut_layer"]), row["defense"], strength)
-                grouped.setdefault(key, []).append(row)
-            except (KeyError, ValueError) as error:
-                raise SplitprivError(f"{frontier} is not a sweep frontier (row {row}): {error}") from None
+    for row in read_frontier(frontier):
+        if (row.get("compression") or "none") != "none" or (row.get("exits") or "none") != "none":
+            continue  # adaptation cells; measured adaptations enter through compression_runs / exits_run
+        strength = "" if row["strength"] is None else " ".join(filter(None, [row.get("strength_parameter"), f"{row['strength']:g}"]))
+        grouped.setdefault((row["cut_layer"], row["defense"], strength), []).append(row)
     outcomes = {
         key: Outcome(
             accuracy=sum(float(r["test_accuracy"]) for r in rows) / len(rows),

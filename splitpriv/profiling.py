@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,10 +28,25 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from splitpriv.errors import ConfigError
 from splitpriv.models import SplitModel
 from splitpriv.runs import atomic_save_figure, atomic_write_text
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
+
+
+def machine_memory_bytes() -> int:
+    """This machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits_in_memory(activation_bytes: int, what: str, copies: int = 3) -> None:
+    """Refuse work whose largest activation (``copies`` of it: input, output and gradient) exceeds
+    this machine's memory, before anything is allocated."""
+    needed, available = copies * activation_bytes, machine_memory_bytes()
+    if needed > available:
+        raise ConfigError(what.split(" ")[0], what, f"a size whose activations fit in memory: it needs about "
+                          f"{needed / 2**30:,.1f} GiB, this machine has {available / 2**30:,.1f} GiB")
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,12 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import pickle
 import tempfile
+import traceback
+import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -17,13 +21,21 @@ import torch
 import yaml
 from torch import nn
 
-from splitpriv.errors import SplitprivError
+from splitpriv.errors import ConfigError, RunStateError, SplitprivError
 
 CONFIG_FILE, METRICS_FILE, CHECKPOINT = "config.yaml", "metrics.json", "checkpoints/last.ckpt"
+RUN_MARKER = ".splitpriv-run"  # written into every run folder splitpriv creates: --force deletes only those
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename: readers see old or new, never half."""
+    """Write to a temporary file in the same folder, then rename: readers see old or new, never half.
+    The file gets the permissions of any file the user creates (0644 under the usual umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -32,14 +44,31 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: results are shared like checkpoints
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def finite_or_none(data: Any) -> Any:
+    """``data`` with NaN and infinities replaced by None (JSON's null): JSON has no NaN."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_or_none(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_or_none(v) for v in data]
+    return data
+
+
+def json_text(data: Any, **kwargs) -> str:
+    """Standard JSON (NaN and infinities as null; numpy and torch scalars as numbers)."""
+    return json.dumps(finite_or_none(json.loads(json.dumps(data, default=float))), allow_nan=False, **kwargs)
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
+    atomic_write_text(path, json_text(data, indent=2, sort_keys=True) + "\n")
 
 
 def atomic_write_yaml(path: str | Path, data: Any) -> None:
@@ -68,17 +97,40 @@ def atomic_append_line(path: str | Path, line: str) -> None:
     atomic_write_text(path, existing + line.rstrip("\n") + "\n")
 
 
+_IMPORTED_PLUGINS: set[Path] = set()
+
+
 def import_plugins(paths: list[str]) -> None:
-    """Import user files that register models, data sets, defenses or attacks."""
+    """Import user files that register models, data sets, defenses or attacks (each once per process)."""
     import importlib.util
 
     for plugin in paths:
-        file = Path(plugin)
-        if not file.exists():
-            raise SplitprivError(f"plugin file not found: {file}")
+        file = Path(plugin).expanduser().resolve()
+        if file in _IMPORTED_PLUGINS:
+            continue
+        if not file.is_file():
+            raise SplitprivError(f"plugin file not found: {plugin} (give the path of a .py file that registers models, "
+                                 f"data sets, defenses or attacks)")
         spec = importlib.util.spec_from_file_location(f"splitpriv_plugin_{file.stem}", file)
+        if spec is None or spec.loader is None:
+            raise SplitprivError(f"plugin {plugin} is not a Python file that can be imported (it should end in .py)")
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:  # the plugin's own code failed: say where, in its file
+            lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__) if Path(frame.filename) == file]
+            where = f" (line {lines[-1]})" if lines else ""
+            raise SplitprivError(f"plugin {plugin} failed to import{where}: {type(error).__name__}: {error}") from None
+        _IMPORTED_PLUGINS.add(file)
+
+
+def require_trusted_plugins(paths: list[str], source: Path) -> None:
+    """Refuse to run code named by a file in someone's run folder: its plugins must have been
+    imported by the user first (``--plugin FILE``), who thereby says they trust them."""
+    missing = [p for p in paths if Path(p).expanduser().resolve() not in _IMPORTED_PLUGINS]
+    if missing:
+        raise SplitprivError(f"{source} was made with plugin(s) {missing}; opening it would run their code. If you "
+                             f"trust them, pass " + " ".join(f"--plugin {p}" for p in missing))
 
 
 @dataclass
@@ -161,24 +213,75 @@ class Run:
         return Run(self.path, self.config, resolved, metrics, module, self.data)
 
 
+def read_checkpoint(path: Path) -> dict:
+    """A Lightning checkpoint read without running any of its code: tensors and plain data only
+    (``torch.load(weights_only=True)``); a checkpoint that needs more is refused, not loaded."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0][:300]
+        raise RunStateError(f"checkpoint {path} holds more than tensors and plain data ({reason}); it was not written "
+                            f"by splitpriv or was altered, and is not loaded because loading it could run code") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as error:
+        raise RunStateError(f"checkpoint {path} cannot be read ({type(error).__name__}: {str(error)[:200]}): it is "
+                            f"truncated or corrupt; retrain the run, or restore an intact copy") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise RunStateError(f"checkpoint {path} is not a splitpriv training checkpoint (no state_dict)")
+    return checkpoint
+
+
+def read_run_config(path: Path):
+    """(RunConfig, resolved) from a run folder's config.yaml, every problem naming the file."""
+    from splitpriv.config import RunConfig, from_dict, load_yaml
+
+    file = path / CONFIG_FILE
+    stored = load_yaml(file, "run config")
+    resolved = stored.pop("resolved", None)
+    try:
+        config = from_dict(RunConfig, stored)
+    except ConfigError as error:
+        raise RunStateError(f"{file} is not a valid run config: {error}") from None
+    if not isinstance(resolved, dict) or not isinstance(resolved.get("dataset_info"), dict):
+        raise RunStateError(f"{file} lacks its 'resolved.dataset_info' section: it was not written by 'splitpriv train' "
+                            f"or was edited; retrain the run")
+    return config, resolved
+
+
 def load_run(path: str | Path) -> Run:
-    """Load ``runs/<name>`` written by ``splitpriv train``."""
-    from splitpriv.config import from_dict, RunConfig
+    """Load ``runs/<name>`` written by ``splitpriv train``, executing nothing from the folder:
+    plugins it names must have been imported by the caller (``--plugin``)."""
     from splitpriv.experiment import build_module
 
     path = Path(path)
-    if not (path / CONFIG_FILE).exists():
+    if not (path / CONFIG_FILE).is_file():
         raise SplitprivError(f"no run at {path}: {path / CONFIG_FILE} is missing. Train one with 'splitpriv train --name ...'.")
-    if not (path / CHECKPOINT).exists():
+    if not (path / CHECKPOINT).is_file():
         raise SplitprivError(f"run {path} has no checkpoint ({path / CHECKPOINT}); did its training finish?")
-    stored = yaml.safe_load((path / CONFIG_FILE).read_text())
-    resolved = stored.pop("resolved", {})
-    config = from_dict(RunConfig, stored)
-    import_plugins(config.plugins)
+    config, resolved = read_run_config(path)
+    require_trusted_plugins(config.plugins, path / CONFIG_FILE)
     info = resolved["dataset_info"]
-    module = build_module(config, info["num_classes"], info["in_channels"], info["image_size"])
-    state = torch.load(path / CHECKPOINT, map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state)
+    try:
+        module = build_module(config, int(info["num_classes"]), int(info["in_channels"]), int(info["image_size"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise RunStateError(f"{path / CONFIG_FILE}: 'resolved.dataset_info' is damaged ({error}); retrain the run") from None
+    try:
+        module.load_state_dict(read_checkpoint(path / CHECKPOINT)["state_dict"])
+    except RuntimeError as error:
+        raise RunStateError(f"checkpoint {path / CHECKPOINT} does not fit the run's config.yaml "
+                            f"({str(error).splitlines()[0][:200]}); were they copied from different runs?") from None
     module.eval()
-    metrics = json.loads((path / METRICS_FILE).read_text()) if (path / METRICS_FILE).exists() else {}
-    return Run(path, config, resolved, metrics, module)
+    return Run(path, config, resolved, read_metrics(path), module)
+
+
+def read_metrics(path: Path) -> dict:
+    """metrics.json of a run folder ({} before training finished)."""
+    file = path / METRICS_FILE
+    if not file.exists():
+        return {}
+    try:
+        metrics = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunStateError(f"{file} is corrupt ({error}); retrain the run or restore the file") from None
+    if not isinstance(metrics, dict):
+        raise RunStateError(f"{file} is not a mapping of metrics; retrain the run or restore the file")
+    return metrics

@@ -14,9 +14,8 @@ import io
 import json
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,19 +25,20 @@ from attacks import AttackSettings, build_attacks, default_attack_specs, run_att
 from attacks.semantic import fit_proxy_classifier
 from attacks.suite import GRID_FILE, load_proxy
 from defenses import build_defense, build_defenses
-from splitpriv.config import POSITIVE_INT, ExitsConfig, RunConfig, WandbConfig, from_dict
+from splitpriv.config import POSITIVE_INT, SAFE_NAME, ExitsConfig, RunConfig, WandbConfig, check, from_dict, load_yaml
 from splitpriv.data import make_splits
-from splitpriv.errors import ConfigError, SplitprivError
+from splitpriv.errors import ConfigError, RunStateError, SplitprivError
 from splitpriv.experiment import quiet_lightning, train
 from splitpriv.models import build_model
 from splitpriv.profiling import count_flops
 from splitpriv.provenance import provenance
-from splitpriv.runs import (METRICS_FILE, atomic_append_line, atomic_save_figure, atomic_write_json, atomic_write_text,
-                            atomic_write_yaml, load_run)
+from splitpriv.runs import (CHECKPOINT, METRICS_FILE, atomic_append_line, atomic_save_figure, atomic_write_json,
+                            atomic_write_text, atomic_write_yaml, import_plugins, json_text, load_run)
+from splitpriv.workers import SWEEP_LOCK, WORKERS_LOCK, exclusive_sweep_folder, worker_pool
 from splitpriv.tracking import log_run
 
 SWEEP_FILE, RESULTS_FILE, FRONTIER_CSV, FRONTIER_PNG = "sweep.yaml", "results.jsonl", "frontier.csv", "frontier.png"
-PROVENANCE_FILE = "provenance.json"
+PROVENANCE_FILE, DAMAGED_RESULTS_FILE, SWEEP_MARKER = "provenance.json", "results.damaged.jsonl", ".splitpriv-sweep"
 FRONTIER_COLUMNS = ["cut_layer", "cut_name", "defense", "strength", "strength_parameter", "seed", "test_accuracy",
                     "worst_mse", "worst_psnr", "worst_ssim", "reconstruction_classifier_accuracy", "dcor_sq_bias_corrected",
                     "message_dp_epsilon_per_sample", "message_dp_delta_per_sample", "message_dp_releases_per_sample",
@@ -77,7 +77,7 @@ DEFAULT_SWEEP_ATTACK = {"samples": 128}
 
 @dataclass
 class SweepConfig:
-    name: str | None = None  # sweep folder under ``out`` and wandb group; None: <dataset>-<model>-sweep
+    name: str | None = field(default=None, metadata=SAFE_NAME)  # sweep folder under ``out`` and wandb group; None: <dataset>-<model>-sweep
     out: str = "runs"
     dataset: str = "digits"
     model: str = "small_cnn"
@@ -88,7 +88,7 @@ class SweepConfig:
     training: dict = field(default_factory=dict)  # TrainingConfig fields (e.g. epochs)
     attack: AttackSettings = field(default_factory=lambda: AttackSettings(**DEFAULT_SWEEP_ATTACK))
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    workers: int = field(default=2, metadata=POSITIVE_INT)  # cells run in parallel processes
+    workers: int = field(default=2, metadata=check(lambda v: 1 <= v <= 256, "an integer in [1, 256]"))  # parallel processes
     plugins: list[str] = field(default_factory=list)
     # adaptations at the cut, crossed with every defense setting: compressions of the message
     # ({name: none} = fp32) and early-exit configurations ({} = none; an exit model is attacked
@@ -191,6 +191,8 @@ def grid(cfg: SweepConfig, cut_points: list) -> list[Cell]:
         names = {c.name: c for c in cut_points}
         cuts = []
         for cut in cfg.cuts:
+            if isinstance(cut, bool) or not isinstance(cut, (int, str)):
+                raise ConfigError("cuts", cut, f"cut indices (integers) or names of {cfg.model}, e.g. [1, pool]")
             point = names.get(cut) if isinstance(cut, str) and not cut.isdigit() else by_index.get(int(cut))
             if point is None:
                 listing = ", ".join(f"{c.index}={c.name}" for c in cut_points)
@@ -253,19 +255,22 @@ def _splits(run_cfg: RunConfig):
 
 
 def _trained(run_cfg: RunConfig, tracking: dict):
-    """The trained run of ``run_cfg``: loaded when a previous (killed) sweep finished it."""
+    """The trained run of ``run_cfg``: loaded when a previous (killed) sweep finished it, resumed when
+    it had finished some epochs."""
     run_dir = Path(run_cfg.out) / run_cfg.run_name()
     if (run_dir / METRICS_FILE).exists():
         run = load_run(run_dir)
         run._data = _splits(run_cfg)
         return run
-    return train(run_cfg, force=True, data=_splits(run_cfg), tracking=tracking)
+    resume = (run_dir / CHECKPOINT).exists()
+    return train(run_cfg, resume=resume, force=not resume, data=_splits(run_cfg), tracking=tracking)
 
 
 def _worker_setup(cfg: SweepConfig) -> None:
     if cfg.workers > 1:  # one thread per process: threads of tiny ops only spin-wait for each other
         torch.set_num_threads(1)
     quiet_lightning()
+    import_plugins(cfg.plugins)  # the sweep config's own plugins, which its runs were trained with
 
 
 def train_shared(cfg: SweepConfig, cell: Cell) -> None:
@@ -330,18 +335,28 @@ def run_cell(cfg: SweepConfig, cell: Cell, sweep_dir: Path, classifier: torch.nn
 
 
 def _check_folder(sweep_dir: Path, resolved: dict, force: bool) -> None:
+    """A new sweep, the same sweep resumed, or (``force``) a splitpriv sweep's folder emptied."""
     stored = sweep_dir / SWEEP_FILE
-    if force and sweep_dir.exists():
-        shutil.rmtree(sweep_dir)
+    own = {SWEEP_LOCK, WORKERS_LOCK}
+    contents = [p for p in sweep_dir.iterdir() if p.name not in own]
+    if force and contents:
+        if not (sweep_dir / SWEEP_MARKER).is_file():
+            raise SplitprivError(f"--force would delete the contents of {sweep_dir}, which splitpriv did not create as "
+                                 f"a sweep folder (it has no {SWEEP_MARKER}); move or delete it yourself, or choose "
+                                 f"another --name/--out")
+        for path in contents:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     elif stored.exists():
-        import yaml
-
-        previous = yaml.safe_load(stored.read_text())
+        previous = load_yaml(stored, "sweep record")
         if previous != resolved:
             changed = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
             raise SplitprivError(
                 f"{sweep_dir} holds a sweep with another config (differs in: {', '.join(changed)}); rerun with "
                 f"the same config to resume it, pass --force to start it afresh, or choose another --out/--name")
+    elif contents:
+        raise SplitprivError(f"{sweep_dir} exists and holds files that are not a splitpriv sweep; choose another "
+                             f"--name/--out")
+    atomic_write_text(sweep_dir / SWEEP_MARKER, "made by splitpriv sweep: splitpriv sweep --force may empty this folder\n")
 
 
 def record_provenance(sweep_dir: Path) -> None:
@@ -353,14 +368,38 @@ def record_provenance(sweep_dir: Path) -> None:
     atomic_write_json(path, record)
 
 
+def _row_or_none(line: str) -> dict | None:
+    """A results.jsonl line as a row, or None when it is damaged (not JSON, or missing columns)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("key"), str) and set(FRONTIER_COLUMNS) <= set(row) else None
+
+
 def finished_rows(sweep_dir: Path) -> dict[str, dict]:
-    """The finished cells of ``results.jsonl`` by key (a half-written last line cannot exist:
-    every append rewrites the file atomically)."""
+    """The finished cells of ``results.jsonl`` by key (damaged lines are skipped: see :func:`quarantine_damaged`)."""
     path = sweep_dir / RESULTS_FILE
     if not path.exists():
         return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = filter(None, (_row_or_none(line) for line in path.read_text(errors="replace").splitlines() if line.strip()))
     return {row["key"]: row for row in rows}
+
+
+def quarantine_damaged(sweep_dir: Path) -> list[int]:
+    """Move damaged lines of ``results.jsonl`` (a hand edit, a disk fault) to ``results.damaged.jsonl``,
+    keeping every intact cell; their cells then run again. Returns the damaged line numbers."""
+    path = sweep_dir / RESULTS_FILE
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    damaged = [number for number, line in enumerate(lines, 1) if _row_or_none(line) is None]
+    if damaged:
+        quarantine = sweep_dir / DAMAGED_RESULTS_FILE
+        previous = quarantine.read_text() if quarantine.exists() else ""
+        atomic_write_text(quarantine, previous + "".join(lines[n - 1] + "\n" for n in damaged))
+        atomic_write_text(path, "".join(line + "\n" for n, line in enumerate(lines, 1) if n not in damaged))
+    return damaged
 
 
 def _classifier(cfg: SweepConfig, seed: int):
@@ -381,11 +420,24 @@ def run_sweep(cfg: SweepConfig, *, force: bool = False, progress: Callable[[str]
     model = build_model(cfg.model, data.info.num_classes, data.info.in_channels, data.info.image_size)
     cells = grid(cfg, model.cut_points(data.info.input_shape))
     sweep_dir = Path(cfg.out) / cfg.sweep_name()
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise SplitprivError(f"--out {cfg.out} is a file, not a folder; choose a folder for the sweep folder")
     resolved = json.loads(json.dumps(dataclasses.asdict(dataclasses.replace(cfg, name=cfg.sweep_name()))))
-    _check_folder(sweep_dir, resolved, force)
-    atomic_write_yaml(sweep_dir / SWEEP_FILE, resolved)
-    record_provenance(sweep_dir)
+    with exclusive_sweep_folder(sweep_dir):
+        _check_folder(sweep_dir, resolved, force)
+        atomic_write_yaml(sweep_dir / SWEEP_FILE, resolved)
+        record_provenance(sweep_dir)
+        damaged = quarantine_damaged(sweep_dir)
+        if damaged:
+            progress(f"warning: {sweep_dir / RESULTS_FILE} had damaged line(s) {damaged}: moved to "
+                     f"{DAMAGED_RESULTS_FILE}; their cells run again")
+        rows = _run_cells(cfg, cells, model, sweep_dir, started, progress)
+    progress(f"sweep finished in {time.perf_counter() - started:.0f}s")
+    return rows
 
+
+def _run_cells(cfg: SweepConfig, cells: list[Cell], model, sweep_dir: Path, started: float,
+               progress: Callable[[str], None]) -> list[dict]:
     done = finished_rows(sweep_dir)
     pending = [cell for cell in cells if cell.key not in done]
     progress(f"sweep {cfg.sweep_name()}: {len(cells)} cells ({len(cells) - len(pending)} already finished) -> {sweep_dir}")
@@ -395,7 +447,7 @@ def run_sweep(cfg: SweepConfig, *, force: bool = False, progress: Callable[[str]
               {c.training_key: c for c in pending if not c.defense_specs}.values()]
 
     def finished(row: dict, count: int) -> None:
-        atomic_append_line(sweep_dir / RESULTS_FILE, json.dumps(row, default=float))
+        atomic_append_line(sweep_dir / RESULTS_FILE, json_text(row))
         elapsed = time.perf_counter() - started
         eta = elapsed / count * (len(pending) - count)
         progress(f"cell {len(done) + count}/{len(cells)} {row['key']}: acc {row['test_accuracy']:.3f} worst mse "
@@ -408,7 +460,7 @@ def run_sweep(cfg: SweepConfig, *, force: bool = False, progress: Callable[[str]
         for count, cell in enumerate(pending, 1):
             finished(run_cell(cfg, cell, sweep_dir, classifiers[cell.seed]), count)
     else:
-        with ProcessPoolExecutor(min(cfg.workers, len(pending)), mp_context=get_context("spawn")) as pool:
+        with worker_pool(min(cfg.workers, len(pending)), sweep_dir) as pool:
             # no core idles at the start: the shared trainings run in the pool while this process
             # fits the attacker's classifier; the defended cells go first, the undefended ones
             # once their shared training is done
@@ -423,7 +475,6 @@ def run_sweep(cfg: SweepConfig, *, force: bool = False, progress: Callable[[str]
 
     rows = write_frontier(sweep_dir, cells)
     log_summary(cfg, sweep_dir, rows)
-    progress(f"sweep finished in {time.perf_counter() - started:.0f}s")
     return rows
 
 
@@ -437,6 +488,38 @@ def write_frontier(sweep_dir: Path, cells: list[Cell]) -> list[dict]:
     writer.writerows(rows)
     atomic_write_text(sweep_dir / FRONTIER_CSV, buffer.getvalue())
     plot_frontier(rows, sweep_dir / FRONTIER_PNG, sweep_dir.name)
+    return rows
+
+
+FRONTIER_REQUIRED = ("cut_layer", "cut_name", "defense", "strength", "test_accuracy", "worst_mse", "worst_ssim")
+
+
+def read_frontier(path: Path) -> list[dict]:
+    """A frontier.csv as rows of numbers and text; a file that is not one is a RunStateError naming it and the line."""
+    def number(text: str):
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in FRONTIER_REQUIRED if c not in (reader.fieldnames or [])]
+            if missing:
+                raise RunStateError(f"{path} is not a sweep frontier: it lacks the column(s) {missing}")
+            rows = []
+            for line, row in enumerate(reader, 2):
+                parsed = {k: None if v in ("", None) else number(v) for k, v in row.items() if k is not None}
+                if not isinstance(parsed["cut_layer"], int) or any(
+                        not isinstance(parsed[c], (int, float)) for c in ("test_accuracy", "worst_mse", "worst_ssim")):
+                    raise RunStateError(f"{path}, line {line}: cut_layer must be an integer and test_accuracy, worst_mse, "
+                                        f"worst_ssim numbers; the file is damaged: rerun the sweep to rewrite it")
+                rows.append(parsed)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise RunStateError(f"{path} is not a readable CSV file ({error})") from None
     return rows
 
 

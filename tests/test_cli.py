@@ -43,7 +43,7 @@ def test_top_level_help_lists_the_commands(capsys):
     [
         ("epochs: 3\n", "'epochs'"),  # unknown top-level key (belongs under training)
         ("training:\n  epochs: three\n", "'training.epochs': 'three'; allowed: int"),
-        ("training:\n  epochs: 0\n", "'training.epochs': 0; allowed: an integer >= 1"),
+        ("training:\n  epochs: 0\n", "'training.epochs': 0; allowed: an integer in [1, 100,000]"),
         ("training:\n  client_optimizer:\n    name: rmsprop\n", "'training.client_optimizer.name'"),
         ("data:\n  proxy_fraction: 1.5\n", "'data.proxy_fraction': 1.5"),
         ("data:\n  dataset: imagenet\n", "'data.dataset': 'imagenet'"),

@@ -110,7 +110,7 @@ def test_sweep_leakage_is_the_worst_case_over_seeds(tmp_path):
     rows = write_sweep(tmp_path / "sweep")
     sweep = load_sweep(tmp_path / "sweep", "small_cnn", "digits")
     cell = [r for r in rows if r["cut_layer"] == 2 and r["defense"] == "dp_noise"]
-    outcome = sweep.outcomes[(2, "dp_noise", "1.0")]
+    outcome = sweep.outcomes[(2, "dp_noise", "1")]  # the strength as the sweep wrote it (no unit column here)
     assert outcome.leakage_ssim == pytest.approx(max(r["worst_ssim"] for r in cell))
     assert outcome.worst_mse == pytest.approx(min(r["worst_mse"] for r in cell))
     assert outcome.accuracy == pytest.approx(sum(r["test_accuracy"] for r in cell) / 2)

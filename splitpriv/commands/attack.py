@@ -5,7 +5,13 @@ import argparse
 import json
 from pathlib import Path
 
+from splitpriv.commands.common import positive_int
+
 HELP = "attack a trained run (decoder, noise-aware and optimisation inversion) and score the leakage"
+
+
+FLAG_KEYS = {"samples": ("--samples",), "proxy": ("--proxy",), "proxy_size": ("--proxy-size",),
+             "classifier_max_epochs": ("--classifier-max-epochs",), "seed": ("--seed",)}
 
 
 def attack_spec(text: str) -> dict:
@@ -13,10 +19,17 @@ def attack_spec(text: str) -> dict:
     import yaml
 
     name, _, params = text.partition(":")
+    if not name:
+        raise argparse.ArgumentTypeError(f"expected NAME[:KEY=VALUE,...] such as decoder_inversion:capacity=large, got {text!r}")
     spec = {"name": name}
     for pair in filter(None, params.split(",")):
-        key, _, value = pair.partition("=")
-        spec[key] = yaml.safe_load(value)
+        key, equals, value = pair.partition("=")
+        if not key or not equals:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE after '{name}:', got {pair!r} in {text!r}")
+        try:
+            spec[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise argparse.ArgumentTypeError(f"cannot read the value of {key!r} in {text!r}") from None
     return spec
 
 
@@ -31,7 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, help="private test images attacked and scored (default 256)")
     parser.add_argument("--classifier-max-epochs", type=int, help="the attacker's proxy classifier (early stopping; default 100)")
     parser.add_argument("--seed", type=int, help="the attacker's seed")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads for torch")
+    parser.add_argument("--plugin", action="append", default=[],
+                        help="python file registering the models, defenses or attacks the run needs (repeatable; "
+                             "a run folder's own plugin list is never imported without it)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,10 +55,11 @@ def run(args: argparse.Namespace) -> int:
 
     from attacks import AttackSettings, run_attacks
     from splitpriv.config import from_dict
-    from splitpriv.runs import load_run
+    from splitpriv.runs import import_plugins, load_run
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    import_plugins(args.plugin)
     given = {"attacks": args.attacks, "proxy": args.proxy, "proxy_size": args.proxy_size, "samples": args.samples,
              "classifier_max_epochs": args.classifier_max_epochs, "seed": args.seed}
     settings = from_dict(AttackSettings, {k: v for k, v in given.items() if v is not None})

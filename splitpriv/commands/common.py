@@ -25,6 +25,24 @@ DEFENSE_FLAGS = ("weight", "capacity", "penalty", "ssim_threshold", "max_task_lo
                  "noise_multiplier", "target_epsilon", "max_grad_norm", "accountant")
 
 
+# config key -> the flag that sets it, so that an error names what the user typed
+FLAG_KEYS = {**{key: ("--" + dest.replace("_", "-"),) for dest, key in RUN_FLAGS.items()},
+             **{f"defenses[0].{name}": ("--" + name.replace("_", "-"),) for name in DEFENSE_FLAGS},
+             "defenses[0].name": ("--defense",), "plugins": ("--plugin",),
+             "training.client_optimizer.lr": ("--client-lr", "--lr"), "training.server_optimizer.lr": ("--server-lr", "--lr")}
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def cut_value(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
 
@@ -56,7 +74,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--client-lr", type=float, help="learning rate of the client optimizer only")
     training.add_argument("--server-lr", type=float, help="learning rate of the server optimizer only")
     training.add_argument("--seed", type=int, help="seed of data splits, weights and shuffles (default 0)")
-    training.add_argument("--threads", type=int, help="CPU threads for torch")
+    training.add_argument("--threads", type=positive_int, help="CPU threads for torch")
     defense = parser.add_argument_group("defense (one; several: a 'defenses:' list in --config)")
     defense.add_argument("--defense", help="distance_correlation, decoder_reconstruction, dp_noise, dp_sgd (replaces the config's list)")
     defense.add_argument("--weight", type=float, help="distance_correlation / decoder_reconstruction: privacy term weight >= 0")

@@ -3,12 +3,11 @@ Markdown table that names the command and commit behind every folder's numbers."
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 from pathlib import Path
 
-from splitpriv.errors import SplitprivError
+from splitpriv.errors import RunStateError, SplitprivError
 
 HELP = ("print the frontiers of sweep folders (or attacked run folders) side by side, one line per cut and "
         "defense, averaged over seeds; --markdown FILE writes the table with the provenance of each folder")
@@ -18,14 +17,21 @@ SHOWN = ("test_accuracy", "worst_mse", "worst_ssim")
 def frontier_rows(folder: Path) -> list[dict]:
     """A sweep folder's frontier.csv, or one row from an attacked run's metrics.json + attack.json."""
     if (folder / "frontier.csv").exists():
-        with open(folder / "frontier.csv", newline="") as handle:
-            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        from splitpriv.sweep import read_frontier
+
+        return read_frontier(folder / "frontier.csv")
     if (folder / "attack.json").exists() and (folder / "metrics.json").exists():
-        attack, metrics = (json.loads((folder / f).read_text()) for f in ("attack.json", "metrics.json"))
-        defense = attack["defenses"][0] if attack["defenses"] else {"name": "none"}
-        return [{"cut_layer": attack["cut_layer"], "cut_name": attack["cut_name"], "defense": defense["name"],
-                 "strength": None, "seed": None, "test_accuracy": metrics["test_accuracy"],
-                 "worst_mse": attack["worst_case"]["mse"], "worst_ssim": attack["worst_case"]["ssim"]}]
+        from splitpriv.runs import read_metrics
+
+        try:
+            attack, metrics = json.loads((folder / "attack.json").read_text()), read_metrics(folder)
+            defense = attack["defenses"][0] if attack["defenses"] else {"name": "none"}
+            return [{"cut_layer": attack["cut_layer"], "cut_name": attack["cut_name"], "defense": defense["name"],
+                     "strength": None, "seed": None, "test_accuracy": metrics["test_accuracy"],
+                     "worst_mse": attack["worst_case"]["mse"], "worst_ssim": attack["worst_case"]["ssim"]}]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as error:
+            raise RunStateError(f"{folder}: attack.json or metrics.json is damaged ({type(error).__name__}: {error}); "
+                                f"rerun 'splitpriv attack --run {folder}'") from None
     raise SplitprivError(f"{folder} holds neither a sweep (frontier.csv) nor an attacked run (attack.json and "
                          f"metrics.json); run 'splitpriv sweep' or 'splitpriv attack --run {folder}' first")
 
@@ -39,18 +45,6 @@ def folder_provenance(folder: Path) -> dict | None:
 
         return (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("resolved", {}).get("provenance")
     return None
-
-
-def _number(text: str):
-    if text == "":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            return text
 
 
 def _strength(row: dict) -> str:
@@ -82,7 +76,13 @@ def _format(values: list[float]) -> str:
 
 def compare_lines(folders: list[Path], metrics: tuple[str, ...] = SHOWN) -> list[list[str]]:
     """The header and one line per (cut, defense, strength) over every folder."""
-    frontiers = [by_cell(frontier_rows(folder), metrics) for folder in folders]
+    frontiers = []
+    for folder in folders:
+        rows = frontier_rows(folder)
+        unknown = [m for m in metrics if rows and all(m not in row for row in rows)]
+        if unknown:
+            raise SplitprivError(f"--metrics {' '.join(unknown)}: no such column in {folder}; columns: {sorted(rows[0])}")
+        frontiers.append(by_cell(rows, metrics))
     keys = sorted({key for frontier in frontiers for key in frontier}, key=lambda k: (k[0], str(k[2]), str(k[3])))
     short = lambda m: m.replace("test_", "").replace("worst_", "w_")  # noqa: E731
     lines = [["cut", "defense", "strength"] + [f"{folder.name}:{short(m)}" for folder in folders for m in metrics]]

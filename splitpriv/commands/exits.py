@@ -12,6 +12,9 @@ HELP = ("sweep the confidence thresholds of a run's early exits, write exits.csv
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", action="append", default=[],
+                        help="python file registering what the run needs (repeatable; a run folder's own plugin "
+                             "list is never imported without it)")
     parser.add_argument("--run", required=True, help="run folder trained with exits (config 'exits: {at: [...]}')")
     parser.add_argument("--target-accuracy", type=float, required=True, help="A_tar in (0, 1]: the accuracy to keep")
     parser.add_argument("--confidence", choices=["max_softmax", "entropy"], default="max_softmax",
@@ -20,11 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from splitpriv.exits import calibrate_run
+    from splitpriv.runs import import_plugins
 
     if not (isinstance(args.target_accuracy, float) and 0 < args.target_accuracy <= 1) or math.isnan(args.target_accuracy):
         raise ConfigError("--target-accuracy", args.target_accuracy, "a number in (0, 1]")
     if not Path(args.run).is_dir():
         raise SplitprivError(f"no run folder at {args.run}")
+    import_plugins(args.plugin)
     report = calibrate_run(args.run, args.target_accuracy, args.confidence)
     print(report.summary())
     return 0

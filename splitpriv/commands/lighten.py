@@ -11,6 +11,9 @@ HELP = ("distil, prune or int8-quantise a run's client partition and report para
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from splitpriv.lighten import METHODS
 
+    parser.add_argument("--plugin", action="append", default=[],
+                        help="python file registering what the run needs (repeatable; a run folder's own plugin "
+                             "list is never imported without it)")
     parser.add_argument("--run", required=True, help="a trained run folder")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="variants to build")
     parser.add_argument("--width", type=float, default=0.5, help="distillation: share of hidden widths the student keeps, in (0, 1)")
@@ -20,10 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from splitpriv.lighten import check_fraction, format_table, lighten
-    from splitpriv.runs import atomic_write_json, load_run
+    from splitpriv.runs import atomic_write_json, import_plugins, load_run
 
     check_fraction("--width", args.width, "a number in (0, 1)")  # before loading anything
     check_fraction("--amount", args.amount, "a number in (0, 1)")
+    import_plugins(args.plugin)
     run = load_run(args.run)
     rows = lighten(run, args.methods, args.width, args.amount, args.epochs)
     atomic_write_json(Path(run.path) / "lighten.json", rows)

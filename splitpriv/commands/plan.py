@@ -5,7 +5,12 @@ import argparse
 import math
 from pathlib import Path
 
+from splitpriv.commands.common import positive_int
+
 HELP = "plan where to cut: latency (Sec. 2.2.1), leakage (a sweep) and cost (Sec. 2.2.3) of every placement"
+
+
+FLAG_KEYS = {"slo_s": ("--slo-s",)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'splitpriv profile --calibrate' this_machine.yaml)")
     parser.add_argument("--slo-s", type=float, help="latency objective in seconds (overrides the scenario's)")
     parser.add_argument("--plugin", action="append", default=[], help="python file registering models (repeatable)")
-    parser.add_argument("--top", type=int, default=12, help="Pareto-front plans to print")
+    parser.add_argument("--top", type=positive_int, default=12, help="Pareto-front plans to print")
     parser.add_argument("--out", help="output folder (default: runs/plan-<scenario name>)")
 
 

@@ -19,8 +19,22 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _non_negative(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
 def _positive(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
@@ -37,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_positive, default=16, help="samples per message")
     parser.add_argument("--plugin", action="append", default=[], help="python file registering models (repeatable)")
     parser.add_argument("--repeats", type=_positive, default=5, help="timed runs per partition (median reported)")
-    parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs before timing")
+    parser.add_argument("--warmup", type=_non_negative, default=1, help="unmeasured runs before timing")
     parser.add_argument("--no-timing", action="store_true", help="sizes and FLOPs only (instant)")
     parser.add_argument("--calibrate", action="store_true",
                         help="fit this machine's time per FLOP per layer type (R^2) and report the latency "
@@ -50,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from splitpriv.data import dataset_shape
-    from splitpriv.models import build_model
-    from splitpriv.profiling import (calibrate, measure_partition_times, plot_activation_sizes, profile_cuts,
+    from splitpriv.models import build_model, largest_activation_bytes
+    from splitpriv.profiling import (calibrate, check_fits_in_memory, measure_partition_times, plot_activation_sizes, profile_cuts,
                                      write_profile_csv)
     from splitpriv.runs import atomic_write_json, atomic_write_yaml, import_plugins
 
@@ -64,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         num_classes, input_shape = args.num_classes or 10, args.input_shape
     else:
         num_classes, input_shape = dataset_shape(args.dataset, args.data_root, args.data_path)
+    check_fits_in_memory(largest_activation_bytes(args.model, num_classes, input_shape, args.batch_size),
+                         f"--input-shape {','.join(map(str, input_shape))} with --batch-size {args.batch_size}")
     model = build_model(args.model, num_classes, input_shape[0], input_shape[-1])
     source = "x".join(map(str, input_shape)) if args.input_shape else args.dataset
     out = Path(args.out or f"runs/profile-{args.model}-{source}-b{args.batch_size}")

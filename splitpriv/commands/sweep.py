@@ -7,6 +7,10 @@ HELP = ("train and attack every cut x defense x seed; write frontier.csv/png (de
         "every cut, no defense / distance correlation / DP noise / decoder reconstruction)")
 
 
+FLAG_KEYS = {"out": ("--out",), "name": ("--name",), "data.root": ("--data-root",), "workers": ("--workers",),
+             "wandb.mode": ("--wandb-mode",)}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML sweep config (see experiments/*_sweep.yaml); default: the embedded digits sweep")
     parser.add_argument("--out", help="parent folder of the sweep folder (default: runs)")
