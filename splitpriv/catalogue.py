@@ -13,6 +13,8 @@ A user extends or overrides entries with their own YAML of the same layout
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -123,6 +125,8 @@ def _number(entry: dict, section: str, name: str, field: str, minimum: float = 0
         raise ConfigError(key, value, "a number (every catalogue entry needs it)")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(key, value, "a number (YAML reads 1e9 as text: write 1.0e+9)")
+    if not math.isfinite(value):
+        raise ConfigError(key, value, "a finite number (no NaN or infinity)")
     if value < minimum or (strict and value == minimum):
         raise ConfigError(key, value, f"a number {'>' if strict else '>='} {minimum:g}")
     return float(value)

@@ -53,8 +53,8 @@ def user_message(error: BaseException, argv: list[str], flag_keys: dict[str, str
     if isinstance(error, ConfigError):
         typed = [flag for flag in flag_keys.get(error.key, ()) if any(a == flag or a.startswith(flag + "=") for a in argv)]
         if typed:
-            return str(ConfigError(f"{typed[0]}' ('{error.key}", error.value, error.allowed, error.problem))
-    if isinstance(error, OSError):
+            return f"{error.problem} {typed[0]} (config key '{error.key}'): {error.value!r}; allowed: {error.allowed}"
+    if isinstance(error, OSError) and not isinstance(error, SplitprivError):
         where = " -> ".join(str(f) for f in (error.filename, error.filename2) if f is not None)
         return (f"{error.strerror or error}: {where}" if where else str(error)) + \
             " (check that the path exists, is the kind of file expected, is writable and that the disk has room)"

@@ -286,8 +286,8 @@ def _npz(root: Path, train: bool, download: bool, path: str | None) -> ImageSet:
         raise ConfigError("data.path", path, "the path of an .npz file with uint8 'x' and labels 'y'")
     file = Path(path).expanduser()
     if not file.is_file():
-        raise DataNotFoundError(f"npz data set not found: {file} is {'a folder' if file.is_dir() else 'missing'}. "
-                                f"Check --data-path.")
+        raise DataNotFoundError(f"npz data file not found: {file} is {'a folder' if file.is_dir() else 'missing'}; "
+                                f"give the path of an .npz file")
     with _unreadable_as(file), np.load(file, allow_pickle=False) as npz:
         has_splits = "x_train" in npz.files
     if has_splits:

@@ -121,7 +121,7 @@ def _resumable(module: SplitLearningModule, checkpoint: Path) -> int:
         module.load_state_dict(state["state_dict"])
     except RuntimeError as error:
         raise RunStateError(f"cannot resume from {checkpoint}: it does not fit this config "
-                            f"({str(error).splitlines()[0][:200]}); resume with the config the run was trained with") from None
+                            f"({' '.join(str(error).split())[:300]}); resume with the config the run was trained with") from None
     return int(state.get("epoch", -1)) + 1
 
 

@@ -268,7 +268,7 @@ def load_run(path: str | Path) -> Run:
         module.load_state_dict(read_checkpoint(path / CHECKPOINT)["state_dict"])
     except RuntimeError as error:
         raise RunStateError(f"checkpoint {path / CHECKPOINT} does not fit the run's config.yaml "
-                            f"({str(error).splitlines()[0][:200]}); were they copied from different runs?") from None
+                            f"({' '.join(str(error).split())[:300]}); were they copied from different runs?") from None
     module.eval()
     return Run(path, config, resolved, read_metrics(path), module)
 

@@ -34,7 +34,7 @@ from splitpriv.profiling import count_flops
 from splitpriv.provenance import provenance
 from splitpriv.runs import (CHECKPOINT, METRICS_FILE, atomic_append_line, atomic_save_figure, atomic_write_json,
                             atomic_write_text, atomic_write_yaml, import_plugins, json_text, load_run)
-from splitpriv.workers import SWEEP_LOCK, WORKERS_LOCK, exclusive_sweep_folder, worker_pool
+from splitpriv.workers import exclusive_sweep_folder, worker_pool
 from splitpriv.tracking import log_run
 
 SWEEP_FILE, RESULTS_FILE, FRONTIER_CSV, FRONTIER_PNG = "sweep.yaml", "results.jsonl", "frontier.csv", "frontier.png"
@@ -337,8 +337,9 @@ def run_cell(cfg: SweepConfig, cell: Cell, sweep_dir: Path, classifier: torch.nn
 def _check_folder(sweep_dir: Path, resolved: dict, force: bool) -> None:
     """A new sweep, the same sweep resumed, or (``force``) a splitpriv sweep's folder emptied."""
     stored = sweep_dir / SWEEP_FILE
-    own = {SWEEP_LOCK, WORKERS_LOCK}
-    contents = [p for p in sweep_dir.iterdir() if p.name not in own]
+    contents = list(sweep_dir.iterdir()) if sweep_dir.is_dir() else []
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise SplitprivError(f"{sweep_dir} is a file, not a sweep folder; choose another --name/--out")
     if force and contents:
         if not (sweep_dir / SWEEP_MARKER).is_file():
             raise SplitprivError(f"--force would delete the contents of {sweep_dir}, which splitpriv did not create as "
@@ -356,6 +357,7 @@ def _check_folder(sweep_dir: Path, resolved: dict, force: bool) -> None:
     elif contents:
         raise SplitprivError(f"{sweep_dir} exists and holds files that are not a splitpriv sweep; choose another "
                              f"--name/--out")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(sweep_dir / SWEEP_MARKER, "made by splitpriv sweep: splitpriv sweep --force may empty this folder\n")
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from splitpriv.errors import SplitprivError
 
-SWEEP_LOCK, WORKERS_LOCK = ".sweep.lock", ".workers.lock"
+SWEEP_LOCK, WORKERS_LOCK = "sweep.lock", "workers.lock"
 _held_by_worker: list = []  # the worker's shared lock on WORKERS_LOCK, held for its whole life
 
 
@@ -38,16 +38,22 @@ def _lock(path: Path, mode: int):
     return handle
 
 
+def lock_path(folder: Path, kind: str) -> Path:
+    """The lock files live beside the sweep folder (``.<name>.sweep.lock``): taking them changes nothing
+    inside it, and ``--force`` emptying it leaves them alone."""
+    return folder.parent / f".{folder.name}.{kind}"
+
+
 @contextlib.contextmanager
 def exclusive_sweep_folder(folder: Path):
     """Hold ``folder`` for this sweep; refuse while another sweep, or a dead sweep's workers, use it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    sweep = _lock(folder / SWEEP_LOCK, fcntl.LOCK_EX)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    sweep = _lock(lock_path(folder, SWEEP_LOCK), fcntl.LOCK_EX)
     if sweep is None:
         raise SplitprivError(f"another sweep is running in {folder}; wait for it to finish (or stop it) before "
                              f"running this one, or choose another --name/--out")
     try:
-        workers = _lock(folder / WORKERS_LOCK, fcntl.LOCK_EX)
+        workers = _lock(lock_path(folder, WORKERS_LOCK), fcntl.LOCK_EX)
         if workers is None:
             raise SplitprivError(f"worker processes of an earlier sweep in {folder} are still running (its main "
                                  f"process was stopped); they stop within seconds: rerun then")
@@ -80,4 +86,4 @@ def _die_with_parent(parent_pid: int, workers_lock: str) -> None:
 def worker_pool(workers: int, folder: Path) -> ProcessPoolExecutor:
     """``workers`` spawned processes for the sweep in ``folder`` that die with this process."""
     return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_die_with_parent,
-                               initargs=(os.getpid(), str(folder / WORKERS_LOCK)))
+                               initargs=(os.getpid(), str(lock_path(folder, WORKERS_LOCK))))

@@ -64,10 +64,10 @@ def test_bad_config_values_fail_before_work_with_exit_2(tmp_path, capsys, yaml_t
 @pytest.mark.parametrize(
     "flags,expected",
     [
-        (["--cut-layer", "-1"], "'model.cut_layer': -1"),
-        (["--cut-layer", "fc9"], "'model.cut_layer': 'fc9'"),
-        (["--epochs", "-2"], "'training.epochs': -2"),
-        (["--lr", "0"], "'training.client_optimizer.lr': 0.0"),
+        (["--cut-layer", "-1"], "--cut-layer (config key 'model.cut_layer'): -1"),  # the flag the user typed
+        (["--cut-layer", "fc9"], "--cut-layer (config key 'model.cut_layer'): 'fc9'"),
+        (["--epochs", "-2"], "--epochs (config key 'training.epochs'): -2"),
+        (["--lr", "0"], "--lr (config key 'training.client_optimizer.lr'): 0.0"),
         (["--dataset", "mnist", "--data-root", "/nonexistent"], "--download"),
         (["--config", "/nonexistent.yaml"], "config file not found"),
         (["--plugin", "/nonexistent.py"], "plugin file not found"),

@@ -24,10 +24,13 @@ def run(args: argparse.Namespace) -> int:
     from splitpriv.models import build_model
     from splitpriv.profiling import BYTES_PER_ELEMENT, profile_blocks
 
-    study = from_dict(CostStudy, load_yaml(args.config) if args.config else {})
+    study = from_dict(CostStudy, load_yaml(args.config, "cost study") if args.config else {})
     study.validate()
     catalogue = load_catalogue(study.catalogue + args.catalogue)
     large, small = catalogue.device(study.large_vm, "large_vm"), catalogue.device(study.small_vm, "small_vm")
+    for key, vm in (("large_vm", large), ("small_vm", small)):
+        if vm.price_per_hour is None:
+            raise ConfigError(key, vm.name, "a VM with a price_per_hour in the catalogue (add one with --catalogue FILE)")
     function, link = catalogue.function(study.function, "function"), catalogue.link(study.link, "link")
 
     num_classes, input_shape = dataset_shape(study.dataset)

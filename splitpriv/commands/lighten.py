@@ -8,6 +8,9 @@ HELP = ("distil, prune or int8-quantise a run's client partition and report para
         "and accuracy against the original (writes lighten.json in the run folder)")
 
 
+FLAG_KEYS = {"epochs": ("--epochs",), "--width": ("--width",), "--amount": ("--amount",)}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from splitpriv.lighten import METHODS
 
