@@ -41,6 +41,8 @@ from splitpriv.errors import ConfigError
 
 MECHANISMS = ("laplace", "gaussian")
 MAX_GAUSSIAN_EPSILON = 700.0
+MIN_EPSILON = 1e-4
+MIN_CLIP, MAX_CLIP = 1e-12, 1e12
 
 
 def _normal_cdf(t: float) -> float:
@@ -107,15 +109,17 @@ class DPNoise(Defense):
         super().__init__()
         if mechanism not in MECHANISMS:
             raise ConfigError("mechanism", mechanism, f"one of {list(MECHANISMS)}")
-        if not is_number(epsilon) or not 0 < epsilon < math.inf:
-            raise ConfigError("epsilon", epsilon, "a finite number > 0 (the privacy budget of one message)")
+        if not is_number(epsilon) or epsilon < MIN_EPSILON:
+            raise ConfigError("epsilon", epsilon, f"a finite number >= {MIN_EPSILON} (the privacy budget of one message; "
+                              f"below it the noise is over 1e4 times the clipping norm)")
         if mechanism == "gaussian" and epsilon > MAX_GAUSSIAN_EPSILON:
             raise ConfigError("epsilon", epsilon, f"at most {MAX_GAUSSIAN_EPSILON} for the Gaussian mechanism (its "
                               f"calibration needs exp(epsilon), which overflows beyond; such noise is negligible anyway)")
         if not is_number(delta) or not 0 < delta < 1:
             raise ConfigError("delta", delta, "a number in (0, 1), e.g. 1e-5")
-        if clip != "median" and (not is_number(clip) or not 0 < clip < math.inf):
-            raise ConfigError("clip", clip, "a finite number > 0 or 'median' (calibrated on the private training data)")
+        if clip != "median" and (not is_number(clip) or not MIN_CLIP <= clip <= MAX_CLIP):
+            raise ConfigError("clip", clip, f"a number in [{MIN_CLIP:g}, {MAX_CLIP:g}] or 'median' (calibrated on the "
+                              f"private training data); it is stored in 32 bits")
         if output_bound is not None and (not is_number(output_bound) or not 0 < output_bound < math.inf):
             raise ConfigError("output_bound", output_bound, "a finite number > 0 or null (no bound)")
         if not isinstance(inference_releases, int) or isinstance(inference_releases, bool) or inference_releases < 0:

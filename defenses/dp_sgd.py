@@ -50,6 +50,7 @@ from splitpriv.errors import ConfigError, SplitprivError
 
 log = logging.getLogger("splitpriv")
 ACCOUNTANTS = ("rdp", "prv", "gdp")
+MIN_NOISE_MULTIPLIER = 0.1  # about 1e4 spent epsilon already for 1,000 steps at q = 0.03 (RDP)
 
 
 class DPSGD(Defense):
@@ -73,8 +74,9 @@ class DPSGD(Defense):
         super().__init__()
         if noise_multiplier is not None and target_epsilon is not None:
             raise ConfigError("target_epsilon", target_epsilon, "null when noise_multiplier is given (give one of the two)")
-        if noise_multiplier is not None and (not is_number(noise_multiplier) or not 0 < noise_multiplier < math.inf):
-            raise ConfigError("noise_multiplier", noise_multiplier, "a finite number > 0 (0 would train without privacy)")
+        if noise_multiplier is not None and (not is_number(noise_multiplier) or noise_multiplier < MIN_NOISE_MULTIPLIER):
+            raise ConfigError("noise_multiplier", noise_multiplier, f"a finite number >= {MIN_NOISE_MULTIPLIER} (0 trains "
+                              f"without privacy; below {MIN_NOISE_MULTIPLIER} the accountants certify no meaningful epsilon)")
         if target_epsilon is not None and (not is_number(target_epsilon) or not 0 < target_epsilon < math.inf):
             raise ConfigError("target_epsilon", target_epsilon, "a finite number > 0")
         if not is_number(max_grad_norm) or not 0 < max_grad_norm < math.inf:
@@ -142,9 +144,15 @@ class DPSGD(Defense):
         # so its state dict and the model's stay as they are
         object.__setattr__(self, "_grad_sample_module", GradSampleModule(module.client, batch_first=True, loss_reduction="mean"))
         if self.noise_multiplier is None:
-            self.noise_multiplier = get_noise_multiplier(
-                target_epsilon=self.target_epsilon, target_delta=self.delta, sample_rate=self.sample_rate,
-                epochs=module.trainer.max_epochs, accountant=self.accountant_name)
+            try:
+                self.noise_multiplier = get_noise_multiplier(
+                    target_epsilon=self.target_epsilon, target_delta=self.delta, sample_rate=self.sample_rate,
+                    epochs=module.trainer.max_epochs, accountant=self.accountant_name)
+            except ValueError as error:  # Opacus: "The privacy budget is too low."
+                raise ConfigError("target_epsilon", self.target_epsilon,
+                                  f"a budget Opacus can reach in {module.trainer.max_epochs} epochs at sample rate "
+                                  f"{self.sample_rate:.3g} and delta {self.delta:g} ({error}); raise it, or train fewer "
+                                  f"epochs or with smaller batches") from None
         dp_optimizer = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
                                    expected_batch_size=self.expected_batch_size, loss_reduction="mean",
                                    generator=self.generator)

@@ -70,7 +70,7 @@ DATA_CHECKS: dict[str, Check] = {
 @dataclass
 class OptimizerConfig:
     name: str = field(default="adam", metadata=one_of("adam", "adamw", "sgd"))
-    lr: float = field(default=1e-3, metadata=POSITIVE)
+    lr: float = field(default=1e-3, metadata=check(lambda v: 0 < v <= 1e3, "a number in (0, 1000]"))
     weight_decay: float = field(default=0.0, metadata=NON_NEGATIVE)
     momentum: float = field(default=0.9, metadata=check(lambda v: 0 <= v < 1, "a number in [0, 1)"))
 

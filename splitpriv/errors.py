@@ -25,5 +25,9 @@ class RunStateError(SplitprivError):
     """A run or sweep folder holds damaged or unsafe state (a corrupt config, an unreadable checkpoint)."""
 
 
+class TrainingDiverged(SplitprivError):
+    """The training loss became NaN or infinite (a learning rate or a defense too strong)."""
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training: the finished epochs are saved; the message says how to continue."""

@@ -18,7 +18,7 @@ import defenses as defense_registry  # the module, not its names: importing `def
 from splitpriv.checkpointing import ContinuedCSVLogger, EpochCheckpoint
 from splitpriv.config import RunConfig
 from splitpriv.data import SplitData, make_splits
-from splitpriv.errors import RunStateError, SplitprivError, TrainingInterrupted
+from splitpriv.errors import ConfigError, RunStateError, SplitprivError, TrainingInterrupted
 from splitpriv.exits import build_exits
 from splitpriv.models import build_model
 from splitpriv.provenance import provenance
@@ -80,8 +80,13 @@ def loaders(data: SplitData, batch_size: int, seed: int) -> tuple[DataLoader, Da
 
 
 def _occupied(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds anything: a finished or unfinished run, or files of its own."""
-    return run_dir.exists() and any(run_dir.iterdir())
+    """Whether ``run_dir`` holds work to keep: a finished run, a checkpoint, or files splitpriv did not
+    make (a run folder that stopped before its first checkpoint holds nothing to lose)."""
+    if not run_dir.exists():
+        return False
+    if (run_dir / METRICS_FILE).exists() or (run_dir / CHECKPOINT).exists():
+        return True
+    return not (run_dir / RUN_MARKER).is_file() and any(run_dir.iterdir())
 
 
 def _run_dir(cfg: RunConfig, resume: bool, force: bool) -> Path:
@@ -150,6 +155,8 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
     """
     cfg = cfg or RunConfig()
     quiet_lightning()
+    if cfg.training.accelerator == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("training.accelerator", "gpu", "'cpu' or 'auto': this machine has no GPU that torch can use")
     import_plugins(cfg.plugins)
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)

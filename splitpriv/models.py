@@ -127,6 +127,9 @@ class SplitModel(nn.Module):
     def cut_index(self, cut_layer: int | str) -> int:
         """Normalise a cut given as index or block name to its index; clear error when invalid."""
         names = [self.block_names[b] for b in self._cut_block_indices]
+        if isinstance(cut_layer, bool) or not isinstance(cut_layer, (int, str)):
+            listing = ", ".join(f"{i}={n}" for i, n in enumerate(names))
+            raise ConfigError("model.cut_layer", cut_layer, f"a cut index or name of {self.name}: {listing}")
         if isinstance(cut_layer, str) and not cut_layer.lstrip("-").isdigit():
             if cut_layer in names:
                 return names.index(cut_layer)

@@ -6,11 +6,13 @@ else ``offline`` (upload later with ``wandb sync <run>/wandb/offline-run-*``).
 """
 from __future__ import annotations
 
+import contextlib
 import netrc
 import os
 from pathlib import Path
 
 from splitpriv.config import WandbConfig
+from splitpriv.errors import SplitprivError
 
 
 def wandb_mode(cfg: WandbConfig) -> str:
@@ -55,7 +57,20 @@ def make_wandb_logger(cfg: WandbConfig, save_dir: Path, name: str, job_type: str
     # Lightning always passes wandb's deprecated ``anonymous`` setting, which makes every process
     # print a warning about a setting nobody set
     logger._wandb_init.pop("anonymous", None)
+    with _starting(cfg):
+        logger.experiment  # noqa: B018  (started now, so that a wandb problem stops the run before training)
     return logger
+
+
+@contextlib.contextmanager
+def _starting(cfg: WandbConfig):
+    """A wandb run that cannot start (no API key, no network, a bad setting) is the user's to fix."""
+    try:
+        yield
+    except Exception as error:  # wandb raises many kinds here (usage, communication, validation)
+        reason = " ".join(str(error).split())[:300]
+        raise SplitprivError(f"wandb could not start a run in {wandb_mode(cfg)} mode ({type(error).__name__}: {reason}); "
+                             f"log in with 'wandb login', or pass --wandb-mode offline (or disabled)") from None
 
 
 def log_run(cfg: WandbConfig, save_dir: Path, name: str, job_type: str, config: dict, summary: dict,
@@ -66,7 +81,8 @@ def log_run(cfg: WandbConfig, save_dir: Path, name: str, job_type: str, config: 
         return
     import wandb
 
-    run = wandb.init(**init_kwargs(cfg, save_dir, name, job_type, config, group))
+    with _starting(cfg):
+        run = wandb.init(**init_kwargs(cfg, save_dir, name, job_type, config, group))
     for key, path in (images or {}).items():
         run.log({key: wandb.Image(str(path))})
     for key, rows in (tables or {}).items():

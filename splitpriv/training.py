@@ -21,6 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from defenses.base import CutContext, Defense
 from splitpriv.config import OptimizerConfig
+from splitpriv.errors import TrainingDiverged
 from splitpriv.exits import ExitWeights, run_blocks
 from splitpriv.models import SplitModel
 
@@ -196,8 +197,13 @@ class SplitLearningModule(L.LightningModule):
             defense.teardown(self)
 
     def on_train_epoch_end(self):
+        train_loss = self._train_loss_sum / max(self._train_count, 1)
+        if not torch.isfinite(train_loss):  # raised before the epoch's checkpoint: the last good one stays
+            raise TrainingDiverged(f"training diverged in epoch {self.current_epoch + 1}: the mean training loss is "
+                                   f"{float(train_loss)}; lower the learning rate (training.client_optimizer.lr, "
+                                   f"training.server_optimizer.lr) or the defense's strength")
         values = {
-            "train_loss": self._train_loss_sum / max(self._train_count, 1),
+            "train_loss": train_loss,
             "train_acc": self.accuracy["train_acc"].compute(),
             "activation_bytes_per_sample": float(self.activation_bytes_per_sample),
             "gradient_bytes_per_sample": float(self.gradient_bytes_per_sample),

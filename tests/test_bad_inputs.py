@@ -223,6 +223,20 @@ CASES = [
     Case("unknown defense", lambda tmp, r, s: ["train", "--out", str(tmp), "--defense", "magic", *FAST_TRAIN], "--defense"),
     Case("defense parameter without defense", lambda tmp, r, s: ["train", "--out", str(tmp), "--epsilon", "8", *FAST_TRAIN],
          "--defense"),
+    Case("exit at null", lambda tmp, r, s: ["train", "--config", str(_yaml(tmp / "c.yaml", {"exits": {"at": [None]}})),
+                                            "--out", str(tmp), *FAST_TRAIN], "exits.at[0]"),
+    Case("lr above 1000", lambda tmp, r, s: ["train", "--out", str(tmp), "--lr", "1e300", *FAST_TRAIN], "(0, 1000]"),
+    Case("training that diverges", lambda tmp, r, s: ["train", "--out", str(tmp), "--defense", "decoder_reconstruction",
+                                                      "--weight", "1e300", *FAST_TRAIN], "diverged"),
+    Case("dp_sgd budget out of reach", lambda tmp, r, s: ["train", "--out", str(tmp), "--defense", "dp_sgd", "--target-epsilon",
+                                                          "1e-9", *FAST_TRAIN], "target_epsilon"),
+    Case("dp_sgd noise multiplier too small", lambda tmp, r, s: ["train", "--out", str(tmp), "--defense", "dp_sgd",
+                                                                 "--noise-multiplier", "1e-300", *FAST_TRAIN], "--noise-multiplier"),
+    Case("clip below float32", lambda tmp, r, s: ["train", "--out", str(tmp), "--defense", "dp_noise", "--clip", "1e-300",
+                                                  *FAST_TRAIN], "--clip"),
+    Case("GPU asked for on a machine without one", lambda tmp, r, s: ["train", "--config", str(_yaml(
+        tmp / "c.yaml", {"training": {"accelerator": "gpu"}})), "--out", str(tmp)] if not torch.cuda.is_available()
+        else ["train", "--epochs", "0"], "accelerator" if not torch.cuda.is_available() else "--epochs"),
     # ------------------------------------------------------------------ train: config files
     Case("config is a folder", lambda tmp, r, s: ["train", "--config", str(tmp), *FAST_TRAIN], "not a file"),
     Case("config is not UTF-8", lambda tmp, r, s: ["train", "--config", str(_bytes(tmp / "c.yaml", b"\xff\xfe\x00bad")),
@@ -395,3 +409,25 @@ def test_bad_input_gives_one_message_and_exit_2(case, tmp_path, trained, tiny_sw
     assert case.expected in output, output[-2000:]
     if case.after:
         assert case.after(tmp_path) is not False
+
+
+def test_wandb_online_without_a_key_is_a_message_not_a_traceback(tmp_path, capsys, monkeypatch):
+    for variable in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    assert main(["train", "--out", str(tmp_path), "--wandb-mode", "online", "--epochs", "1", "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "wandb login" in error and "--wandb-mode offline" in error and "Traceback" not in error
+
+
+def test_an_internal_bug_keeps_its_traceback_and_says_so(monkeypatch, capsys):
+    import splitpriv.commands.compare as compare
+
+    def broken(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(compare, "run", broken)
+    assert main(["compare", "."]) == 1
+    error = capsys.readouterr().err
+    assert "Traceback" in error and "ZeroDivisionError: a bug" in error and "a bug in splitpriv" in error
