@@ -72,6 +72,18 @@ class Defense(nn.Module):
     randomized: ClassVar[bool] = False  # a fresh draw per query (attacks then use a noise-aware attacker)
     parameter_units: ClassVar[dict[str, str]] = {}  # parameter -> what its value means, for tables (e.g. 'per message')
 
+    # a copied or unpickled defense draws its own noise: two copies must never share a stream
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if isinstance(state.get("generator"), torch.Generator):
+            state["generator"] = None
+        return state
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        if "generator" in state and state["generator"] is None:
+            self.generator = private_generator(getattr(self, "noise_seed", None))
+
     def build(self, module: "SplitLearningModule", input_shape: tuple[int, ...]) -> None:
         """Called once the split module exists, in training and in ``load_run``: create parts whose
         shape depends on the cut (a decoder) or adapt the client (BatchNorm -> GroupNorm)."""

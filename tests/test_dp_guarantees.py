@@ -72,6 +72,16 @@ def test_unseeded_defenses_draw_from_the_operating_systems_entropy():
     assert not torch.equal(first.transform(message), second.transform(message))
 
 
+def test_a_copied_defense_draws_its_own_noise():
+    import copy
+    import pickle
+
+    original = DPNoise(clip=1.0)
+    message = torch.zeros(4, 16)
+    for clone in (copy.deepcopy(original), pickle.loads(pickle.dumps(original))):
+        assert not torch.equal(clone.transform(message), original.transform(message))
+
+
 def test_a_fixed_noise_seed_reproduces_a_run_and_its_absence_does_not(tmp_path):
     def client_weights(name, seed):
         spec = {"name": "dp_noise", "epsilon": 8.0, **({"noise_seed": seed} if seed is not None else {})}
