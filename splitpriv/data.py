@@ -15,7 +15,6 @@ import gzip
 import hashlib
 import io
 import os
-import pickle
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -204,9 +203,8 @@ def _unreadable_as(source: Path):
     """A data file that exists but cannot be decoded becomes a DataFileError naming ``source``."""
     try:
         yield
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error, AssertionError,
-            pickle.UnpicklingError) as error:
-        if isinstance(error, FileNotFoundError) or isinstance(error, SplitprivError):
+    except Exception as error:  # any failure to decode an untrusted file means it is unreadable, whatever raised it
+        if isinstance(error, (FileNotFoundError, SplitprivError)):
             raise
         raise DataFileError(f"{source} cannot be read ({type(error).__name__}: {str(error)[:200]}); it may be "
                             f"truncated or not the expected format") from None

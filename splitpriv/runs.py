@@ -11,7 +11,6 @@ import os
 import pickle
 import tempfile
 import traceback
-import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -222,7 +221,7 @@ def read_checkpoint(path: Path) -> dict:
         reason = str(error).strip().splitlines()[0][:300]
         raise RunStateError(f"checkpoint {path} holds more than tensors and plain data ({reason}); it was not written "
                             f"by splitpriv or was altered, and is not loaded because loading it could run code") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as error:
+    except Exception as error:  # any failure to parse an untrusted file means it is unreadable, whatever torch raises
         raise RunStateError(f"checkpoint {path} cannot be read ({type(error).__name__}: {str(error)[:200]}): it is "
                             f"truncated or corrupt; retrain the run, or restore an intact copy") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):

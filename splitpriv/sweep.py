@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import io
 import json
+import os
 import shutil
 import time
 from concurrent.futures import as_completed
@@ -39,6 +40,7 @@ from splitpriv.tracking import log_run
 
 SWEEP_FILE, RESULTS_FILE, FRONTIER_CSV, FRONTIER_PNG = "sweep.yaml", "results.jsonl", "frontier.csv", "frontier.png"
 PROVENANCE_FILE, DAMAGED_RESULTS_FILE, SWEEP_MARKER = "provenance.json", "results.damaged.jsonl", ".splitpriv-sweep"
+FREE_TO_CHANGE = {"out", "workers"}  # where the folder lives and how many processes run: a resume may change them
 FRONTIER_COLUMNS = ["cut_layer", "cut_name", "defense", "strength", "strength_parameter", "seed", "test_accuracy",
                     "worst_mse", "worst_psnr", "worst_ssim", "reconstruction_classifier_accuracy", "dcor_sq_bias_corrected",
                     "message_dp_epsilon_per_sample", "message_dp_delta_per_sample", "message_dp_releases_per_sample",
@@ -349,8 +351,8 @@ def _check_folder(sweep_dir: Path, resolved: dict, force: bool) -> None:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     elif stored.exists():
         previous = load_yaml(stored, "sweep record")
-        if previous != resolved:
-            changed = sorted(k for k in set(previous) | set(resolved) if previous.get(k) != resolved.get(k))
+        changed = sorted(k for k in (set(previous) | set(resolved)) - FREE_TO_CHANGE if previous.get(k) != resolved.get(k))
+        if changed:
             raise SplitprivError(
                 f"{sweep_dir} holds a sweep with another config (differs in: {', '.join(changed)}); rerun with "
                 f"the same config to resume it, pass --force to start it afresh, or choose another --out/--name")
@@ -364,9 +366,16 @@ def _check_folder(sweep_dir: Path, resolved: dict, force: bool) -> None:
 def record_provenance(sweep_dir: Path) -> None:
     """``provenance.json``: the command and commit that started the sweep, and each that resumed it."""
     path = sweep_dir / PROVENANCE_FILE
-    record = json.loads(path.read_text()) if path.exists() else {"started": provenance(), "resumed": []}
-    if path.exists():
-        record["resumed"].append(provenance())
+    if not path.exists():
+        record = {"started": provenance(), "resumed": []}
+    else:
+        try:
+            record = json.loads(path.read_text())
+            record["resumed"].append(provenance())
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+            os.replace(path, path.with_name("provenance.damaged.json"))  # kept for a human; the sweep goes on
+            record = {"started": {"command": "unknown: the earlier record was damaged (provenance.damaged.json)"},
+                      "resumed": [provenance()]}
     atomic_write_json(path, record)
 
 

@@ -162,6 +162,26 @@ def _foreign_sweep(tmp: Path) -> list[str]:
     return [*_sweep_with(tmp, name="foreign"), "--force"]
 
 
+def _sweep_copy(tmp: Path, sweep: Path) -> Path:
+    copy = Path(shutil.copytree(sweep, tmp / "tiny"))
+    values = yaml.safe_load((copy / "sweep.yaml").read_text())
+    _yaml(tmp / "sweep.yaml", {**values, "out": str(tmp)})
+    return copy
+
+
+def _junk_cell(tmp: Path, sweep: Path) -> list[str]:
+    copy = _sweep_copy(tmp, sweep)
+    (copy / "train" / "none-seed0" / "checkpoints" / "last.ckpt").write_bytes(b"junk\n")
+    (copy / "results.jsonl").unlink()  # its cell runs again and opens the training
+    return ["sweep", "--config", str(tmp / "sweep.yaml")]
+
+
+def _damaged_record(tmp: Path, sweep: Path) -> list[str]:
+    copy = _sweep_copy(tmp, sweep)
+    (copy / "sweep.yaml").write_text("- not\n- a mapping\n")
+    return ["sweep", "--config", str(tmp / "sweep.yaml")]
+
+
 def _frontier(tmp: Path, text: str) -> Path:
     (tmp / "s").mkdir()
     (tmp / "s" / "frontier.csv").write_text(text)
@@ -321,6 +341,8 @@ CASES = [
     Case("sweep --force on a foreign folder", lambda tmp, r, s: _foreign_sweep(tmp), "did not create",
          lambda tmp: _unchanged(Path("foreign/data.txt"), "keep")(tmp) or sorted(p.name for p in (tmp / "foreign").iterdir()) == ["data.txt"]),
     Case("sweep config unknown key", lambda tmp, r, s: _sweep_with(tmp, epochs=3), "epochs"),
+    Case("sweep whose finished training has a junk checkpoint", lambda tmp, r, s: _junk_cell(tmp, s), "cannot be read"),
+    Case("sweep record that is not a mapping", lambda tmp, r, s: _damaged_record(tmp, s), "sweep record"),
     # ------------------------------------------------------------------ compare
     Case("compare a missing folder", lambda tmp, r, s: ["compare", str(tmp / "nothing")], "no such folder"),
     Case("compare a frontier without its columns", lambda tmp, r, s: ["compare", str(_frontier(tmp, "a,b\n1,2\n"))],

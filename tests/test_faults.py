@@ -155,3 +155,15 @@ def test_damaged_results_lines_are_quarantined_and_their_cells_rerun(tmp_path):
     assert any("damaged line(s) [2]" in m for m in messages)
     assert (tmp_path / "q" / "results.damaged.jsonl").read_text() == damaged[: len(damaged) // 2] + "\n"
     assert len(rows) == 2 and results.read_text().splitlines()[0] == intact  # the intact cell was kept, not rerun
+
+
+def test_a_damaged_provenance_record_is_set_aside_and_the_sweep_goes_on(tmp_path):
+    values = {"name": "p", "out": str(tmp_path), "cuts": [1], "workers": 1, "defenses": [{"name": "none"}],
+              "training": {"epochs": 1}, "wandb": {"mode": "disabled"},
+              "attack": {"attacks": [{"name": "optimization_inversion", "max_steps": 5}], "samples": 8, "dcor_samples": 8,
+                         "classifier_max_epochs": 1}}
+    sweep.run_sweep(sweep.load_sweep_config(values), progress=lambda line: None)
+    (tmp_path / "p" / "provenance.json").write_text("{torn")
+    sweep.run_sweep(sweep.load_sweep_config(values), progress=lambda line: None)
+    assert (tmp_path / "p" / "provenance.damaged.json").read_text() == "{torn"
+    assert json.loads((tmp_path / "p" / "provenance.json").read_text())["resumed"][0]["commit"]
