@@ -24,16 +24,19 @@ def command_line() -> str:
     return shlex.join([program, *sys.argv[1:]])
 
 
+SOURCE_PATHS = ("splitpriv", "defenses", "attacks", "benchmarks", "experiments", "pyproject.toml")
+
+
 def source_commit() -> str:
-    """The git commit of splitpriv's source, ``+dirty`` when tracked files differ from it; ``unknown``
-    outside a git checkout (e.g. an installed wheel)."""
+    """The git commit of splitpriv's source, ``+dirty`` when its code, configs or benchmarks differ from
+    it (documentation does not count); ``unknown`` outside a git checkout (e.g. an installed wheel)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(SOURCE_ROOT), *args], capture_output=True, text=True,
                               check=True, timeout=10).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", *SOURCE_PATHS)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")
