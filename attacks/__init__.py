@@ -6,6 +6,7 @@ from attacks.base import Attack, AttackResult, AttackTarget, ProxyData, evaluate
 from attacks.decoder_inversion import DecoderInversion
 from attacks.noise_aware import NoiseAwareInversion
 from attacks.optimization_inversion import OptimizationInversion
+from attacks.surrogate_client import SurrogateClientInversion
 from splitpriv.config import build_registered
 from splitpriv.errors import ConfigError
 
@@ -13,6 +14,7 @@ ATTACKS: dict[str, type[Attack]] = {
     DecoderInversion.name: DecoderInversion,
     NoiseAwareInversion.name: NoiseAwareInversion,
     OptimizationInversion.name: OptimizationInversion,
+    SurrogateClientInversion.name: SurrogateClientInversion,
 }
 
 
@@ -23,10 +25,11 @@ def register_attack(cls: type[Attack]) -> type[Attack]:
 
 
 def default_attack_specs(randomized: bool, decoder_capacities: tuple[str, ...] = ("small", "large")) -> list[dict]:
-    """The default attack set: decoders of each capacity (small and large), the noise-aware
-    decoder (largest capacity) when the deployed defense draws fresh noise per query, and
-    white-box optimisation."""
-    specs = [{"name": "decoder_inversion", "capacity": capacity} for capacity in decoder_capacities]
+    """The default attack set, at least one per threat model: the passive surrogate-client attack,
+    black-box decoders of each capacity (small and large), the noise-aware decoder (largest capacity)
+    when the deployed defense draws fresh noise per query, and white-box optimisation."""
+    specs = [{"name": "surrogate_client", "capacity": decoder_capacities[-1]}]
+    specs += [{"name": "decoder_inversion", "capacity": capacity} for capacity in decoder_capacities]
     if randomized:
         specs.append({"name": "noise_aware", "capacity": decoder_capacities[-1]})
     return specs + [{"name": "optimization_inversion"}]
@@ -44,6 +47,7 @@ def build_attacks(specs: list[dict]) -> list[Attack]:
 
 
 from attacks.suite import AttackSettings, run_attacks  # noqa: E402  (the suite builds on the registry)
+from attacks.threat_models import THREAT_MODELS  # noqa: E402
 
-__all__ = ["ATTACKS", "Attack", "AttackResult", "AttackSettings", "AttackTarget", "ProxyData", "build_attack",
-           "build_attacks", "default_attack_specs", "evaluate", "register_attack", "run_attacks"]
+__all__ = ["ATTACKS", "Attack", "AttackResult", "AttackSettings", "AttackTarget", "ProxyData", "THREAT_MODELS",
+           "build_attack", "build_attacks", "default_attack_specs", "evaluate", "register_attack", "run_attacks"]

@@ -1,17 +1,19 @@
-"""The one interface every attack implements, and the threat model that bounds it.
+"""The one interface every attack implements, and the capabilities (grants) that bound it.
 
-An honest-but-curious server attacks one deployed client. What it may use is explicit: a threat
-model grants some of
+An attacker at the server sees the messages the client sends. What else it may use is explicit: a
+threat model (:mod:`attacks.threat_models`) grants some of
 
-* ``query``   - query access to the client as deployed (defenses included, fresh noise per call),
-* ``weights`` - the client's weights and its defenses' mechanisms: the deployed client's
+* ``query``        - query access to the client as deployed (defenses included, fresh noise per call),
+* ``weights``      - the client's weights and its defenses' mechanisms: the deployed client's
   deterministic part, differentiable (a randomised defense without its draw, e.g. the clipping
   before the noise), and the distribution of the noise it adds (:class:`defenses.base.NoiseModel`),
-* ``proxy``   - the attacker's own proxy data (images and labels), disjoint from the private data.
+* ``architecture`` - the client's architecture: fresh, untrained clients of the same shape,
+* ``server``       - the trained server partition, which the split-learning server trains itself,
+* ``proxy``        - the attacker's own proxy data (images and labels), disjoint from the private data.
 
 An :class:`Attack` declares its ``grants``; :func:`evaluate` hands it an :class:`AttackTarget`
-holding exactly those (the rest is ``None``), fits it, and scores its reconstructions of the
-**private test set** from the messages the server observed for it.
+holding exactly those (the rest is ``None``) and the messages the server observed, fits it, and
+scores its reconstructions of the **private test set** from the messages the server observed for it.
 
 Adding an attack is one file with an ``Attack`` subclass plus one line in ``attacks/__init__.py``.
 """
@@ -29,7 +31,7 @@ from torch import nn
 from attacks.metrics import reconstruction_metrics
 from defenses.base import NoiseModel
 
-GRANTS = ("query", "weights", "proxy")
+GRANTS = ("query", "weights", "architecture", "server", "proxy")
 
 
 @dataclass
@@ -40,14 +42,16 @@ class ProxyData:
     images: torch.Tensor
     labels: torch.Tensor
     description: str
+    labels_are_private_classes: bool = True  # False for another data set's labels
 
 
 @dataclass
 class AttackTarget:
     """Everything a threat model could grant about one deployed client.
 
-    ``normalize`` ([0, 1] images -> model inputs) and the shapes are public knowledge (the data
-    set's statistics), so every attack gets them.
+    ``normalize`` ([0, 1] images -> model inputs), the shapes, the number of classes and the messages
+    the server observed in training (``observed``, as the client sends them) are known to every
+    attacker at the server, so every attack gets them.
     """
 
     image_shape: tuple[int, int, int]
@@ -59,17 +63,20 @@ class AttackTarget:
     client: Callable[[torch.Tensor], torch.Tensor] | None = None  # inputs -> noise-free messages, differentiable
     noise: NoiseModel | None = None  # the noise on top of ``client``'s output; None: deterministic
     proxy: ProxyData | None = None
+    architecture: Callable[[], nn.Module] | None = None  # a fresh, untrained client of the same architecture
+    server: nn.Module | None = None  # the trained server partition (frozen): messages -> logits
+    observed: torch.Tensor | None = None  # messages of private training samples the server saw
+    num_classes: int = 0
 
     def granted(self, grants: frozenset[str]) -> "AttackTarget":
         """A copy holding only ``grants``; whatever the threat model withholds is ``None``."""
         unknown = set(grants) - set(GRANTS)
         if unknown:
             raise ValueError(f"unknown grants {sorted(unknown)}; known: {list(GRANTS)}")
-        withheld = {"query": None, "client": None, "noise": None, "proxy": None}
-        kept = {"query": "query" in grants, "client": "weights" in grants, "noise": "weights" in grants,
-                "proxy": "proxy" in grants}
-        return dataclasses.replace(self, **{k: getattr(self, k) for k, keep in kept.items() if keep},
-                                   **{k: v for k, v in withheld.items() if not kept[k]})
+        fields = {"query": ("query",), "weights": ("client", "noise"), "proxy": ("proxy",),
+                  "architecture": ("architecture",), "server": ("server",)}
+        return dataclasses.replace(self, **{name: getattr(self, name) if grant in grants else None
+                                            for grant, names in fields.items() for name in names})
 
 
 class Attack:

@@ -8,6 +8,7 @@ and writes ``attack.json`` and ``reconstructions.png`` into the run folder.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,13 +19,15 @@ import torch
 
 from attacks import build_attacks, default_attack_specs
 from attacks.base import AttackResult, AttackTarget, ProxyData, evaluate
-from attacks.metrics import message_dcor, worst_case
+from attacks.metrics import LEAKAGE_METRICS, message_dcor, worst_case
 from attacks.semantic import classifier_accuracy, fit_proxy_classifier
+from attacks.threat_models import THREAT_MODELS
 from defenses.base import NoiseModel
 from splitpriv.config import POSITIVE_INT, check
 from splitpriv.decoders import CAPACITIES
 from splitpriv.data import ImageSet, load_images, match_shape
 from splitpriv.errors import SplitprivError
+from splitpriv.experiment import build_module
 from splitpriv.runs import atomic_save_figure, atomic_write_json
 
 ATTACK_FILE, GRID_FILE = "attack.json", "reconstructions.png"
@@ -81,7 +84,7 @@ def load_proxy(data, data_config, source: str | None, size: int | None, seed: in
             f"an attacker's proxy must be disjoint from the private data: pick another --proxy (e.g. another "
             f"data set) or leave it unset to use the run's held-out proxy slice")
     unit = images.images.float() / 255
-    proxy = ProxyData(data.normalize(unit), unit, images.labels, description)
+    proxy = ProxyData(data.normalize(unit), unit, images.labels, description, same_classes)
     return proxy, {"source": description, "images": len(images), "labels_are_private_classes": same_classes}, same_classes
 
 
@@ -97,8 +100,9 @@ def _frozen(module: torch.nn.Module):
             parameter.requires_grad_(flag)
 
 
-def deployed_target(run, proxy: ProxyData, seed: int) -> AttackTarget:
-    """Everything the server could be granted about the client of ``run``, as deployed."""
+def deployed_target(run, proxy: ProxyData, seed: int, observed_samples: int = 1024) -> AttackTarget:
+    """Everything the server could be granted about the client of ``run``, as deployed, and the
+    messages of ``observed_samples`` private training images that the server saw."""
     module = run.module
 
     def query(inputs: torch.Tensor) -> torch.Tensor:
@@ -108,10 +112,21 @@ def deployed_target(run, proxy: ProxyData, seed: int) -> AttackTarget:
     def client(inputs: torch.Tensor) -> torch.Tensor:
         return module.send(inputs, training=False, noisy=False)[1]
 
+    def architecture() -> torch.nn.Module:
+        """A fresh client of the same architecture (defenses' adaptations such as GroupNorm included),
+        initialised from the attacker's own seed, not the run's."""
+        info = run.data.info
+        config = dataclasses.replace(run.config, seed=seed + 7919,
+                                     model=dataclasses.replace(run.config.model, cut_layer=run.cut_layer))
+        return build_module(config, info.num_classes, info.in_channels, info.image_size).client
+
     message_shape = tuple(query(proxy.inputs[:2]).shape[1:])
     randomized = any(d.randomized and d.active_at_inference for d in module.defenses)
+    training_inputs = run.data.dataset("private_train").tensors[0]
+    observed = query(training_inputs[:observed_samples])
     return AttackTarget(run.data.info.input_shape, message_shape, run.data.normalize, randomized, seed, query,
-                        client, deployed_noise(module.defenses), proxy)
+                        client, deployed_noise(module.defenses), proxy, architecture, module.server, observed,
+                        run.data.info.num_classes)
 
 
 def deployed_noise(defenses) -> NoiseModel | None:
@@ -176,18 +191,21 @@ def run_attacks(run, settings: AttackSettings | None = None, *, out_dir: str | P
         "run": str(run.path), "dataset": run.config.data.dataset, "model": run.config.model.name,
         "cut_layer": run.cut_layer, "cut_name": run.cut_name,
         "defenses": [{"name": d.name, **d.config()} for d in run.defenses],
-        "threat_model": {
-            "server": "honest-but-curious: observes one message per private test image, as deployed "
-                      "(defenses active at inference applied, fresh noise per query)",
+        "observation": {
+            "server": "observes one message per private test image, as deployed (defenses active at inference "
+                      "applied, fresh noise per query), and the messages of private training images in training",
             "randomized_defense": target.randomized,
+            "observed_training_messages": len(target.observed),
             "grants": {label: a["grants"] for label, a in per_attack.items()},
         },
         "proxy": proxy_record,
         "private_test_samples": len(originals),
         "settings": {k: v for k, v in asdict(settings).items() if k != "attacks"} | {"attacks": specs},
         "attacks": per_attack,
-        "worst_case": worst_case({label: {k: a[k] for k in ("mse", "psnr", "ssim", "classifier_accuracy")}
-                                  for label, a in per_attack.items()}),
+        "threat_models": {name: {"adversary": model.adversary, "grants": sorted(model.grants),
+                                 "attacks": [label for label, a in per_attack.items() if model.admits(frozenset(a["grants"]))]}
+                          for name, model in THREAT_MODELS.items()},
+        "worst_case": worst_case_by_threat_model(per_attack),
         "semantic_leakage": semantic,
         "dcor_sq_bias_corrected": dcor, "dcor_samples": dcor_count,
         "attack_time_s": time.perf_counter() - started,
@@ -196,6 +214,16 @@ def run_attacks(run, settings: AttackSettings | None = None, *, out_dir: str | P
     save_reconstruction_grid(out / GRID_FILE, originals, results, settings.grid_images)
     atomic_write_json(out / ATTACK_FILE, record)
     return record
+
+
+def worst_case_by_threat_model(per_attack: dict[str, dict]) -> dict[str, dict | None]:
+    """For each threat model, the worst case over the attacks it admits (None when it admits none)."""
+    leakage = {label: {k: a.get(k) for k in LEAKAGE_METRICS} for label, a in per_attack.items()}
+    worst = {}
+    for name, model in THREAT_MODELS.items():
+        admitted = {label: leakage[label] for label, a in per_attack.items() if model.admits(frozenset(a["grants"]))}
+        worst[name] = worst_case(admitted) if admitted else None
+    return worst
 
 
 def save_reconstruction_grid(path: Path, originals: torch.Tensor, results: list[AttackResult], count: int) -> None:

@@ -15,7 +15,8 @@ then plays against it. Two objectives:
 
 ``weight`` is w_p / w_CE (the cross-entropy enters through the server's gradient with weight 1).
 Accuracy guard (``max_task_loss``): when the batch's cross-entropy exceeds it, the privacy term
-is skipped for that step; ``skip_rate`` reports the share of skipped steps.
+is skipped for that step; ``skip_rate`` reports the share of skipped steps. ``attacker_steps``: the
+simulated attacker's updates per client step (ResSFL's inner attacker schedule, its ``step`` option).
 
 ``x`` is the input min-max scaled per channel to [0, 1] over the private training data (for
 images spanning 0..255 exactly the [0, 1] image the attacks score), the range the decoder's
@@ -42,7 +43,7 @@ class DecoderReconstruction(Defense):
     parameter_units = {"weight": "w_p / w_CE"}
 
     def __init__(self, weight: float = 1.0, capacity: str = "medium", penalty: str = "mse", ssim_threshold: float = 0.5,
-                 max_task_loss: float | None = None, decoder_lr: float = 1e-3):
+                 max_task_loss: float | None = None, decoder_lr: float = 1e-3, attacker_steps: int = 1):
         super().__init__()
         if not is_number(weight) or weight < 0:
             raise ConfigError("weight", weight, "a number >= 0 (w_p relative to the cross-entropy)")
@@ -56,8 +57,11 @@ class DecoderReconstruction(Defense):
             raise ConfigError("max_task_loss", max_task_loss, "a cross-entropy > 0, or null for no accuracy guard")
         if not is_number(decoder_lr) or decoder_lr <= 0:
             raise ConfigError("decoder_lr", decoder_lr, "a learning rate > 0")
+        if isinstance(attacker_steps, bool) or not isinstance(attacker_steps, int) or not 1 <= attacker_steps <= 100:
+            raise ConfigError("attacker_steps", attacker_steps, "an integer in [1, 100]: decoder updates per client step")
         self.weight, self.capacity, self.penalty = float(weight), capacity, penalty
         self.ssim_threshold, self.max_task_loss, self.decoder_lr = float(ssim_threshold), max_task_loss, float(decoder_lr)
+        self.attacker_steps = attacker_steps
         self.decoder: torch.nn.Module | None = None
         # per-channel range of the private inputs, mapping them to the decoder's [0, 1] output
         self.register_buffer("input_low", torch.zeros(()))
@@ -111,16 +115,24 @@ class DecoderReconstruction(Defense):
                     parameter.grad.mul_(-1 / self.weight)
             loss, self._client_mse = self._client_mse, None
         else:  # the client's term was skipped (guard, weight 0) or is SSIM's: the decoder's own pass
-            optimizer.zero_grad()  # also drops what the client's loss left on the decoder
-            loss = F.mse_loss(self.decoder(context.message.detach()), self.unit_range(context.inputs))
-            loss.backward()
-            loss = loss.detach()
+            loss = self._own_pass(context, optimizer)
         optimizer.step()
+        for _ in range(self.attacker_steps - 1):
+            loss = self._own_pass(context, optimizer)
+            optimizer.step()
         self._reconstruction_mse.add(loss)
+
+    def _own_pass(self, context: CutContext, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+        """The decoder's gradient of MSE(D(z), x) on this step's message, from a pass of its own."""
+        optimizer.zero_grad()  # also drops what the client's loss left on the decoder
+        loss = F.mse_loss(self.decoder(context.message.detach()), self.unit_range(context.inputs))
+        loss.backward()
+        return loss.detach()
 
     def metrics(self) -> dict[str, float]:
         return {"reconstruction_mse": self._reconstruction_mse.read(), "skip_rate": self._skipped.read()}
 
     def config(self) -> dict:
         return {"weight": self.weight, "capacity": self.capacity, "penalty": self.penalty,
-                "ssim_threshold": self.ssim_threshold, "max_task_loss": self.max_task_loss, "decoder_lr": self.decoder_lr}
+                "ssim_threshold": self.ssim_threshold, "max_task_loss": self.max_task_loss, "decoder_lr": self.decoder_lr,
+                "attacker_steps": self.attacker_steps}

@@ -28,7 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 REFERENCE_WORKLOAD = ROOT.parent / "shared" / "bench" / "ref_workload.py"
-SWEEP_METRICS = ["test_accuracy", "worst_mse", "worst_ssim", "dcor_sq_bias_corrected", "message_dp_epsilon_per_sample",
+SWEEP_METRICS = ["test_accuracy", "worst_mse_passive", "worst_mse_black_box", "worst_mse_white_box", "worst_ssim_white_box",
+                 "recognisable_share_white_box", "dcor_sq_bias_corrected", "message_dp_epsilon_per_sample",
                  "parameter_dp_epsilon_per_sample"]
 
 
@@ -52,19 +53,49 @@ PAGES = {
         "`splitpriv sweep` with no arguments: small_cnn on the 8x8 digits, every cut, each default defense, the "
         "default attack set; mean over seeds (one seed by default).",
         sweep="splitpriv sweep --out {out}", sweep_folder="digits-small_cnn-sweep", cheap=False,
-        readme="--cuts relu1 pool relu3 --metrics test_accuracy worst_mse worst_ssim message_dp_epsilon_per_sample "
-               "parameter_dp_epsilon_per_sample"),
+        readme="--cuts relu1 pool relu3 --metrics test_accuracy worst_mse_passive worst_mse_black_box worst_mse_white_box "
+               "message_dp_epsilon_per_sample parameter_dp_epsilon_per_sample"),
     "mnist-frontier": Page(
         "MNIST frontier, three seeds",
         "`experiments/mnist_frontier_sweep.yaml`: the classic MNIST CNN at its shallowest and deepest feature cut, "
         "each defense, capped attacks (see the config's comments); mean ± standard deviation over three seeds.",
         sweep="splitpriv sweep --config experiments/mnist_frontier_sweep.yaml --data-root {data_root} --out {out}",
-        sweep_folder="mnist-frontier", cheap=False),
+        sweep_folder="mnist-frontier", cheap=False,
+        metrics=["test_accuracy", "worst_mse_white_box", "worst_ssim_white_box", "dcor_sq_bias_corrected",
+                 "message_dp_epsilon_per_sample", "parameter_dp_epsilon_per_sample"]),
+    "reproduce-he2019": Page(
+        "Reproduction: He et al. 2019, white-box inversion against cut depth",
+        "`experiments/reproduce/he2019_mnist.yaml`: the white-box rMLE attack alone at every feature cut of the "
+        "MNIST CNN; mean ± standard deviation over three seeds.",
+        sweep="splitpriv sweep --config experiments/reproduce/he2019_mnist.yaml --data-root {data_root} --out {out}",
+        sweep_folder="reproduce-he2019-mnist", cheap=False,
+        metrics=["test_accuracy", "worst_mse_white_box", "worst_ssim_white_box", "recognisable_share_white_box"]),
+    "reproduce-nopeek": Page(
+        "Reproduction: NoPeek on MNIST (Vepakomma et al. 2020; Titcombe et al. 2021)",
+        "`experiments/reproduce/nopeek_mnist.yaml`: NoPeek weights 0 to 0.5 at the MNIST CNN's `pool` cut, the "
+        "black-box decoder and the passive surrogate-client attack; mean ± standard deviation over three seeds.",
+        sweep="splitpriv sweep --config experiments/reproduce/nopeek_mnist.yaml --data-root {data_root} --out {out}",
+        sweep_folder="reproduce-nopeek-mnist", cheap=False,
+        metrics=["test_accuracy", "dcor_sq_bias_corrected", "worst_mse_black_box", "worst_ssim_black_box",
+                 "worst_mse_passive", "reconstruction_classifier_accuracy_black_box"]),
+    "reproduce-ressfl": Page(
+        "Reproduction: ResSFL at CPU scale (Fashion-MNIST)",
+        "`experiments/reproduce/ressfl_fmnist.yaml`: attacker-aware training with the SSIM-hinged term and a learned "
+        "bottleneck, against the same bottlenecked model without it; a black-box decoder trained after training; mean ± "
+        "standard deviation over three seeds.",
+        sweep="splitpriv sweep --config experiments/reproduce/ressfl_fmnist.yaml --data-root {data_root} --out {out}",
+        sweep_folder="reproduce-ressfl-fmnist", cheap=False,
+        metrics=["test_accuracy", "worst_mse_black_box", "worst_ssim_black_box", "recognisable_share_black_box"]),
     "attack-strength": Page(
         "Attack strength on MNIST",
         "The default attack set against an undefended MNIST client cut after its first conv+ReLU, and a weak "
         "decoder for contrast.",
         commands=["python benchmarks/attack_strength.py --data-root {data_root}"], cheap=False),
+    "decoder-strength": Page(
+        "Black-box decoders against a strong plain decoder",
+        "The default set's black-box decoders against a wide decoder trained to convergence on the whole proxy, at "
+        "MNIST `pool` and `relu3`.",
+        commands=["python benchmarks/decoder_strength.py --data-root {data_root}"], cheap=False),
     "planning": Page(
         "Where to cut: plans and the cost study",
         "The shipped planning scenarios without a sweep (privacy unknown), and the survey's IaaS/FaaS cost study.",

@@ -14,7 +14,7 @@ from torch import nn
 from splitpriv.errors import ConfigError
 
 # capacity -> (channels, conv layers after upsampling, hidden units for flat messages)
-CAPACITIES = {"small": (16, 1, 256), "medium": (32, 1, 512), "large": (32, 2, 1024)}
+CAPACITIES = {"small": (16, 1, 256), "medium": (32, 1, 512), "large": (32, 2, 1024), "xlarge": (64, 3, 2048)}
 
 
 def build_decoder(message_shape: Sequence[int], image_shape: Sequence[int], capacity: str = "medium") -> nn.Module:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from attacks.threat_models import THREAT_MODELS
 from splitpriv.catalogue import Catalogue, Device
 from splitpriv.compression import measured_message
 from splitpriv.config import NON_NEGATIVE, POSITIVE_INT, check, from_dict, load_yaml, set_dotted
@@ -76,6 +77,8 @@ class Scenario:
     max_leakage_ssim: float | None = field(default=None, metadata=OPTIONAL_FRACTION)
     min_reconstruction_mse: float | None = field(default=None, metadata=OPTIONAL_POSITIVE)
     max_cost_per_1000: float | None = field(default=None, metadata=OPTIONAL_POSITIVE)
+    threat_model: str = field(default="white_box", metadata=check(lambda v: v in THREAT_MODELS,
+                                                                  f"one of {list(THREAT_MODELS)}"))  # whose leakage counts
     weights: Weights = field(default_factory=Weights)
     catalogue: list[str] = field(default_factory=list)  # extra catalogue YAML files
     plugins: list[str] = field(default_factory=list)  # python files registering models
@@ -137,8 +140,9 @@ class SweepResults:
         return sum(values) / len(values) if values else math.nan
 
 
-def load_sweep(folder: str | Path, model: str, dataset: str) -> SweepResults:
-    """Read ``frontier.csv`` + ``sweep.yaml`` of a sweep; refuse one of another model or data set."""
+def load_sweep(folder: str | Path, model: str, dataset: str, threat_model: str = "white_box") -> SweepResults:
+    """Read ``frontier.csv`` + ``sweep.yaml`` of a sweep; refuse one of another model or data set. Leakage is
+    the worst case against ``threat_model``."""
     folder = Path(folder)
     frontier, description = folder / "frontier.csv", folder / "sweep.yaml"
     for file in (frontier, description):
@@ -155,11 +159,16 @@ def load_sweep(folder: str | Path, model: str, dataset: str) -> SweepResults:
             continue  # adaptation cells; measured adaptations enter through compression_runs / exits_run
         strength = "" if row["strength"] is None else " ".join(filter(None, [row.get("strength_parameter"), f"{row['strength']:g}"]))
         grouped.setdefault((row["cut_layer"], row["defense"], strength), []).append(row)
+    ssim, mse = f"worst_ssim_{threat_model}", f"worst_mse_{threat_model}"
+    unmeasured = sorted({key for key, rows in grouped.items() if any(r.get(ssim) is None or r.get(mse) is None for r in rows)})
+    if unmeasured:
+        raise SplitprivError(f"--sweep {folder} has no {threat_model} attack for {unmeasured[:3]}: its attack set had none "
+                             f"within that adversary's means; plan with another threat_model or rerun the sweep with one")
     outcomes = {
         key: Outcome(
             accuracy=sum(float(r["test_accuracy"]) for r in rows) / len(rows),
-            leakage_ssim=min(1.0, max(0.0, max(float(r["worst_ssim"]) for r in rows))),
-            worst_mse=min(float(r["worst_mse"]) for r in rows),
+            leakage_ssim=min(1.0, max(0.0, max(float(r[ssim]) for r in rows))),
+            worst_mse=min(float(r[mse]) for r in rows),
             message_dp_epsilon_per_sample=_largest(rows, "message_dp_epsilon_per_sample"),
             parameter_dp_epsilon_per_sample=_largest(rows, "parameter_dp_epsilon_per_sample"),
         )

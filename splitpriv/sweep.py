@@ -25,6 +25,7 @@ import torch
 from attacks import AttackSettings, build_attacks, default_attack_specs, run_attacks
 from attacks.semantic import fit_proxy_classifier
 from attacks.suite import GRID_FILE, load_proxy
+from attacks.threat_models import THREAT_MODELS
 from defenses import build_defense, build_defenses
 from splitpriv.config import POSITIVE_INT, SAFE_NAME, ExitsConfig, RunConfig, WandbConfig, check, from_dict, load_yaml
 from splitpriv.data import make_splits
@@ -41,8 +42,13 @@ from splitpriv.tracking import log_run
 SWEEP_FILE, RESULTS_FILE, FRONTIER_CSV, FRONTIER_PNG = "sweep.yaml", "results.jsonl", "frontier.csv", "frontier.png"
 PROVENANCE_FILE, DAMAGED_RESULTS_FILE, SWEEP_MARKER = "provenance.json", "results.damaged.jsonl", ".splitpriv-sweep"
 FREE_TO_CHANGE = {"out", "workers"}  # where the folder lives and how many processes run: a resume may change them
+# per threat model: the worst case of each leakage metric over the attacks it admits (column -> attack.json key)
+THREAT_COLUMNS = {"worst_mse": "mse", "worst_psnr": "psnr", "worst_ssim": "ssim",
+                  "reconstruction_classifier_accuracy": "classifier_accuracy", "recognisable_share": "recognisable_share",
+                  "worst_mse_p10": "mse_p10", "worst_attack": "mse_attack"}
 FRONTIER_COLUMNS = ["cut_layer", "cut_name", "defense", "strength", "strength_parameter", "seed", "test_accuracy",
-                    "worst_mse", "worst_psnr", "worst_ssim", "reconstruction_classifier_accuracy", "dcor_sq_bias_corrected",
+                    *(f"{column}_{model}" for model in THREAT_MODELS for column in THREAT_COLUMNS),
+                    "dcor_sq_bias_corrected",
                     "message_dp_epsilon_per_sample", "message_dp_delta_per_sample", "message_dp_releases_per_sample",
                     "parameter_dp_epsilon_per_sample", "parameter_dp_delta_per_sample",
                     "activation_bytes_per_sample", "train_time_s", "attack_time_s", "compression", "exits",
@@ -293,9 +299,9 @@ def cell_run_config(cfg: SweepConfig, cell: Cell, cut_layer: int) -> RunConfig:
 
 def frontier_metrics(run, record: dict) -> dict:
     """The measured columns of a frontier row for a trained ``run`` and its attack.json ``record``."""
-    worst = record["worst_case"]
-    return {"test_accuracy": run.metrics["test_accuracy"], "worst_mse": worst["mse"], "worst_psnr": worst["psnr"],
-            "worst_ssim": worst["ssim"], "reconstruction_classifier_accuracy": worst.get("classifier_accuracy"),
+    leakage = {f"{column}_{model}": (worst or {}).get(key) for model, worst in record["worst_case"].items()
+               for column, key in THREAT_COLUMNS.items()}
+    return {"test_accuracy": run.metrics["test_accuracy"], **leakage,
             "dcor_sq_bias_corrected": record["dcor_sq_bias_corrected"],
             **{column: run.metrics.get(key) for column, key in DP_COLUMNS.items()},
             "activation_bytes_per_sample": run.metrics["activation_bytes_per_sample"],
@@ -324,12 +330,12 @@ def run_cell(cfg: SweepConfig, cell: Cell, sweep_dir: Path, classifier: torch.nn
         run = shared.recut(cell.cut_layer)
     attack_dir = sweep_dir / "attacks" / cell.key
     record = run_attacks(run, cfg.attack, out_dir=attack_dir, classifier=classifier, progress=_long_fit_reporter(cell))
-    worst = record["worst_case"]
     row = {**cell.labels(), **frontier_metrics(run, record)}
     wandb_cfg = cell_run_config(cfg, cell, cell.cut_layer).wandb
     log_run(wandb_cfg, attack_dir, f"{cfg.sweep_name()}-{cell.key}-attack", "attack",
             {"dataset": cfg.dataset, "model": cfg.model, **cell.labels(), "attack": record["settings"]},
-            {**row, "worst_case": worst}, group=wandb_cfg.group, images={"reconstructions": attack_dir / GRID_FILE})
+            {**row, "worst_case": record["worst_case"]}, group=wandb_cfg.group,
+            images={"reconstructions": attack_dir / GRID_FILE})
     return {"key": cell.key, **row, "train_run": str(run.path), "attack_json": str(attack_dir / "attack.json")}
 
 
@@ -377,6 +383,10 @@ def record_provenance(sweep_dir: Path) -> None:
             record = {"started": {"command": "unknown: the earlier record was damaged (provenance.damaged.json)"},
                       "resumed": [provenance()]}
     atomic_write_json(path, record)
+
+
+def _number(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def _row_or_none(line: str) -> dict | None:
@@ -461,8 +471,9 @@ def _run_cells(cfg: SweepConfig, cells: list[Cell], model, sweep_dir: Path, star
         atomic_append_line(sweep_dir / RESULTS_FILE, json_text(row))
         elapsed = time.perf_counter() - started
         eta = elapsed / count * (len(pending) - count)
-        progress(f"cell {len(done) + count}/{len(cells)} {row['key']}: acc {row['test_accuracy']:.3f} worst mse "
-                 f"{row['worst_mse']:.4f} ssim {row['worst_ssim']:.3f} | elapsed {elapsed:.0f}s, ETA {eta:.0f}s")
+        leaks = " ".join(f"{model} {_number(row[f'worst_mse_{model}'], '.4f')}" for model in THREAT_MODELS)
+        progress(f"cell {len(done) + count}/{len(cells)} {row['key']}: acc {row['test_accuracy']:.3f} worst mse {leaks} "
+                 f"| elapsed {elapsed:.0f}s, ETA {eta:.0f}s")
 
     if cfg.workers == 1 or len(pending) <= 1:
         classifiers = {seed: _classifier(cfg, seed) for seed in seeds}
@@ -502,7 +513,13 @@ def write_frontier(sweep_dir: Path, cells: list[Cell]) -> list[dict]:
     return rows
 
 
-FRONTIER_REQUIRED = ("cut_layer", "cut_name", "defense", "strength", "test_accuracy", "worst_mse", "worst_ssim")
+FRONTIER_REQUIRED = ("cut_layer", "cut_name", "defense", "strength", "test_accuracy", "worst_mse_white_box",
+                     "worst_ssim_white_box")
+# a frontier from before threat models took each worst case over every attack: the white-box adversary's,
+# which admits them all
+BEFORE_THREAT_MODELS = {"worst_mse": "worst_mse_white_box", "worst_psnr": "worst_psnr_white_box",
+                        "worst_ssim": "worst_ssim_white_box",
+                        "reconstruction_classifier_accuracy": "reconstruction_classifier_accuracy_white_box"}
 
 
 def read_frontier(path: Path) -> list[dict]:
@@ -518,16 +535,18 @@ def read_frontier(path: Path) -> list[dict]:
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
+            if reader.fieldnames and "worst_mse" in reader.fieldnames and "worst_mse_white_box" not in reader.fieldnames:
+                reader.fieldnames = [BEFORE_THREAT_MODELS.get(name, name) for name in reader.fieldnames]
             missing = [c for c in FRONTIER_REQUIRED if c not in (reader.fieldnames or [])]
             if missing:
                 raise RunStateError(f"{path} is not a sweep frontier: it lacks the column(s) {missing}")
             rows = []
             for line, row in enumerate(reader, 2):
                 parsed = {k: None if v in ("", None) else number(v) for k, v in row.items() if k is not None}
-                if not isinstance(parsed["cut_layer"], int) or any(
-                        not isinstance(parsed[c], (int, float)) for c in ("test_accuracy", "worst_mse", "worst_ssim")):
-                    raise RunStateError(f"{path}, line {line}: cut_layer must be an integer and test_accuracy, worst_mse, "
-                                        f"worst_ssim numbers; the file is damaged: rerun the sweep to rewrite it")
+                numbers = ("test_accuracy", "worst_mse_white_box", "worst_ssim_white_box")
+                if not isinstance(parsed["cut_layer"], int) or any(not isinstance(parsed[c], (int, float)) for c in numbers):
+                    raise RunStateError(f"{path}, line {line}: cut_layer must be an integer and {', '.join(numbers)} "
+                                        f"numbers; the file is damaged: rerun the sweep to rewrite it")
                 rows.append(parsed)
     except (UnicodeDecodeError, csv.Error) as error:
         raise RunStateError(f"{path} is not a readable CSV file ({error})") from None
@@ -535,35 +554,36 @@ def read_frontier(path: Path) -> list[dict]:
 
 
 def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
-    """Accuracy against worst-case MSE: a marker per cell, colour by defense, labelled by cut;
-    the undefended cells joined as a line."""
+    """One panel per threat model: accuracy against that adversary's worst-case MSE, a marker per cell
+    coloured by defense and strength, labelled by cut; the undefended cells joined as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
     def series(row: dict) -> str:  # the defense and its strength (with its unit), with the cell's adaptations if any
         defense = row["defense"] if row.get("strength") is None else f"{row['defense']} {row['strength_parameter']} {row['strength']:g}"
         return "+".join([defense, *(f"{k} {row[k]}" for k in ("compression", "exits") if row.get(k, NO_DEFENSE) != NO_DEFENSE)])
 
     defenses = list(dict.fromkeys(series(row) for row in rows))
     colours = plt.get_cmap("tab10")
-    for i, defense in enumerate(defenses):
-        mine = sorted((r for r in rows if series(r) == defense), key=lambda r: r["worst_mse"])
-        style = "-o" if defense == NO_DEFENSE else "o"
-        axis.plot([r["worst_mse"] for r in mine], [r["test_accuracy"] for r in mine], style, color=colours(i),
-                  label=defense, alpha=0.85)
-        for r in mine:
-            axis.annotate(r["cut_name"], (r["worst_mse"], r["test_accuracy"]), fontsize=7, xytext=(3, 3),
-                          textcoords="offset points")
-    errors = [r["worst_mse"] for r in rows if r["worst_mse"] > 0]
-    if errors and max(errors) > 100 * min(errors):  # leakage spans decades from shallow to deep cuts
-        axis.set_xscale("log")
-    axis.set_xlabel("worst-case reconstruction MSE (higher = more private)")
-    axis.set_ylabel("test accuracy")
-    axis.set_title(f"privacy-utility frontier: {title}")
-    axis.legend(fontsize=8)
+    figure, axes = plt.subplots(1, len(THREAT_MODELS), figsize=(5.2 * len(THREAT_MODELS), 4.6), sharey=True)
+    for axis, model in zip(axes, THREAT_MODELS):
+        column = f"worst_mse_{model}"
+        for i, defense in enumerate(defenses):
+            mine = sorted((r for r in rows if series(r) == defense and r.get(column) is not None), key=lambda r: r[column])
+            axis.plot([r[column] for r in mine], [r["test_accuracy"] for r in mine], "-o" if defense == NO_DEFENSE else "o",
+                      color=colours(i % 10), label=defense, alpha=0.85)
+            for r in mine:
+                axis.annotate(r["cut_name"], (r[column], r["test_accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        errors = [r[column] for r in rows if r.get(column) is not None and r[column] > 0]
+        if errors and max(errors) > 100 * min(errors):  # leakage spans decades from shallow to deep cuts
+            axis.set_xscale("log")
+        axis.set_xlabel(f"worst-case reconstruction MSE, {model} (higher = more private)")
+        axis.set_title(model.replace("_", "-"))
+    axes[0].set_ylabel("test accuracy")
+    axes[-1].legend(fontsize=7)
+    figure.suptitle(f"privacy-utility frontier per threat model: {title}")
     figure.tight_layout()
     atomic_save_figure(figure, path)
 
@@ -577,11 +597,12 @@ def log_summary(cfg: SweepConfig, sweep_dir: Path, rows: list[dict]) -> None:
 
 def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
     """A plain-text table of frontier rows."""
-    columns = columns or ["cut_layer", "cut_name", "defense", "strength", "seed", "test_accuracy", "worst_mse",
-                          "worst_psnr", "worst_ssim", "reconstruction_classifier_accuracy", "dcor_sq_bias_corrected",
-                          "message_dp_epsilon_per_sample", "parameter_dp_epsilon_per_sample"]
-    headers = {"reconstruction_classifier_accuracy": "recon_cls_acc", "dcor_sq_bias_corrected": "dcor²_bc",
-               "message_dp_epsilon_per_sample": "msg_eps/sample", "parameter_dp_epsilon_per_sample": "param_eps/sample"}
+    columns = columns or ["cut_layer", "cut_name", "defense", "strength", "seed", "test_accuracy",
+                          *(f"worst_mse_{model}" for model in THREAT_MODELS), "worst_ssim_white_box",
+                          "dcor_sq_bias_corrected", "message_dp_epsilon_per_sample", "parameter_dp_epsilon_per_sample"]
+    headers = {"dcor_sq_bias_corrected": "dcor²_bc", "message_dp_epsilon_per_sample": "msg_eps/sample",
+               "parameter_dp_epsilon_per_sample": "param_eps/sample",
+               **{f"worst_mse_{model}": f"mse_{model}" for model in THREAT_MODELS}, "worst_ssim_white_box": "ssim_white_box"}
 
     def cell(value: Any) -> str:
         if isinstance(value, float):

@@ -18,7 +18,8 @@ from splitpriv.experiment import train
 # tiny budgets for speed; the defaults are what users get
 FAST = {"decoder_inversion": {"capacity": "small", "max_epochs": 4, "patience": 2},
         "noise_aware": {"capacity": "small", "max_epochs": 4, "patience": 2},
-        "optimization_inversion": {"max_steps": 30, "check_every": 10}}
+        "optimization_inversion": {"max_steps": 30, "check_every": 10},
+        "surrogate_client": {"capacity": "small", "surrogate_epochs": 2, "max_epochs": 4, "patience": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,11 @@ def _target(client: nn.Module, randomized=False) -> AttackTarget:
             return client(x)
 
     shape = tuple(query(proxy.inputs[:2]).shape[1:])
-    return AttackTarget((1, 8, 8), shape, normalize, randomized, 0, query, client, proxy=proxy)
+    architecture = lambda: nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())  # noqa: E731
+    server = nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    observed = query(normalize(_unit_images(32, seed=4)))
+    return AttackTarget((1, 8, 8), shape, normalize, randomized, 0, query, client, proxy=proxy, architecture=architecture,
+                        server=server, observed=observed, num_classes=10)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -99,12 +104,14 @@ def test_every_attack_uses_only_its_grants_and_returns_unit_images(name):
     messages = full.query(full.normalize(private))
 
     withheld = full.granted(attack.grants)
-    for grant, attribute in (("query", "query"), ("weights", "client"), ("proxy", "proxy")):
+    for grant, attribute in (("query", "query"), ("weights", "client"), ("proxy", "proxy"), ("architecture", "architecture"),
+                             ("server", "server")):
         assert (getattr(withheld, attribute) is None) == (grant not in attack.grants)
+    assert withheld.observed is not None  # every attacker at the server sees the messages
     result = evaluate(attack, full, messages, private)
     assert result.reconstructions.shape == private.shape
     assert 0 <= result.reconstructions.min() and result.reconstructions.max() <= 1
-    assert set(result.metrics) == {"mse", "psnr", "ssim"}
+    assert set(result.metrics) == {"mse", "psnr", "ssim", "mse_p10", "mse_p50", "mse_p90", "recognisable_share"}
     assert result.record["grants"] == sorted(attack.grants)
 
 
@@ -160,12 +167,16 @@ def test_run_attacks_writes_every_attack_and_the_worst_case(trained, tmp_path):
     assert (tmp_path / "reconstructions.png").stat().st_size > 0
     per_attack = record["attacks"]
     assert set(per_attack) == {"decoder_inversion/small", "optimization_inversion"}
-    assert record["worst_case"]["mse"] == min(a["mse"] for a in per_attack.values())
-    assert record["worst_case"]["ssim"] == max(a["ssim"] for a in per_attack.values())
+    worst = record["worst_case"]
+    assert worst["white_box"]["mse"] == min(a["mse"] for a in per_attack.values())  # admits every attack
+    assert worst["white_box"]["ssim"] == max(a["ssim"] for a in per_attack.values())
+    assert worst["black_box"]["mse"] == per_attack["decoder_inversion/small"]["mse"]  # no weights: no optimisation
+    assert worst["passive"] is None  # neither attack is within a passive server's means
+    assert record["threat_models"]["black_box"]["attacks"] == ["decoder_inversion/small"]
     assert record["proxy"]["images"] == len(trained.data.proxy)
     assert -0.1 <= record["dcor_sq_bias_corrected"] <= 1
     assert record["private_test_samples"] == 16
-    assert record["threat_model"]["grants"]["optimization_inversion"] == ["weights"]
+    assert record["observation"]["grants"]["optimization_inversion"] == ["weights"]
 
 
 def test_default_set_adds_the_noise_aware_attacker_for_randomized_defenses(noisy, trained, tmp_path):
@@ -216,7 +227,7 @@ def test_attack_command_logs_an_offline_wandb_run(trained, monkeypatch, tmp_path
                           str(folder / "attack-wandb" / "wandb" / "latest-run")],
                          capture_output=True, text=True, check=True).stdout
     logged = json.loads(out)
-    assert logged["summary"]["worst_mse"] == pytest.approx(record["worst_case"]["mse"], rel=1e-6)
+    assert logged["summary"]["worst_mse_white_box"] == pytest.approx(record["worst_case"]["white_box"]["mse"], rel=1e-6)
     assert logged["summary"]["dcor_sq_bias_corrected"] == pytest.approx(record["dcor_sq_bias_corrected"], rel=1e-6)
     config = {key: value["value"] if isinstance(value, dict) and "value" in value else value
               for key, value in logged["config"].items()}
@@ -241,3 +252,44 @@ def test_attack_command_bad_inputs_exit_2(case, trained, tmp_path, capsys):
     expected = {"missing": "no run at", "no_checkpoint": "no checkpoint", "unknown_attack": "mind_reading",
                 "overlapping_proxy": "disjoint"}[case]
     assert expected in message and "Traceback" not in message
+
+
+# ----------------------------------------------------------------------------- leakage per image and per threat model
+
+
+def test_leakage_per_image_shows_a_defense_that_protects_most_images_but_leaks_some():
+    originals = _unit_images(20, seed=5)
+    reconstructions = torch.full_like(originals, 0.5)  # most images: nothing recovered
+    reconstructions[:5] = originals[:5]  # a quarter leaked exactly
+    metrics = reconstruction_metrics(reconstructions, originals)
+    assert metrics["recognisable_share"] == pytest.approx(0.25)
+    assert metrics["mse_p10"] == pytest.approx(0.0, abs=1e-7)  # the best-reconstructed tenth
+    assert metrics["mse_p90"] > 0.05 and metrics["mse"] > metrics["mse_p10"]
+
+
+def test_threat_models_nest_so_that_a_stronger_adversary_runs_every_weaker_attack():
+    from attacks.threat_models import THREAT_MODELS
+
+    passive, black, white = (THREAT_MODELS[name] for name in ("passive", "black_box", "white_box"))
+    assert passive.grants < black.grants < white.grants
+    for name, cls in ATTACKS.items():
+        assert any(model.admits(cls.grants) for model in THREAT_MODELS.values()), name
+    assert [name for name, m in THREAT_MODELS.items() if m.admits(ATTACKS["surrogate_client"].grants)] == \
+        ["passive", "black_box", "white_box"]
+    assert [name for name, m in THREAT_MODELS.items() if m.admits(ATTACKS["optimization_inversion"].grants)] == ["white_box"]
+
+
+def test_the_passive_surrogate_client_attack_recovers_more_than_the_attackers_prior(trained):
+    """Without queries or weights: a surrogate client trained on proxy data through the server and matched
+    to the observed messages, then a decoder. It must beat guessing the proxy's mean image by far."""
+    from attacks.suite import deployed_target, load_proxy
+
+    run = trained.recut("pool")
+    proxy, _, _ = load_proxy(run.data, run.config.data, None, None, 0)
+    target = deployed_target(run, proxy, 0)
+    originals = run.data.private_test.images[:128].float() / 255
+    run.module.eval().requires_grad_(False)
+    result = evaluate(build_attack({"name": "surrogate_client", "capacity": "small"}), target,
+                      target.query(run.data.normalize(originals)), originals)
+    prior = float(((originals - proxy.images.mean(0, keepdim=True)) ** 2).mean())
+    assert result.metrics["mse"] < 0.5 * prior

@@ -193,7 +193,7 @@ def test_sweep_crosses_compressions_and_exits_and_attacks_each_exit_cut(tmp_path
     for exits in ("none", "relu2"):
         plain, quantised = rows[("pool", "none", exits)], rows[("pool", "quantize_bits4", exits)]
         assert float(quantised["activation_bytes_per_sample"]) < float(plain["activation_bytes_per_sample"])
-    assert all(r["worst_mse"] not in ("", None) for r in rows.values())
+    assert all(r["worst_mse_white_box"] not in ("", None) for r in rows.values())
     cut_points = build_model("small_cnn", 10, 1, 8).cut_points((1, 8, 8))
     for change, key in (({"exits": [{"at": [99]}]}, "exits[0].at[0]"), ({"compressions": [{"name": "topk", "k": 0}]}, "compressions[0].k")):
         with pytest.raises(ValueError, match=re.escape(key)):

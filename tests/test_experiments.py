@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from splitpriv.config import load_run_config
+from splitpriv.models import build_model
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 RUN_CONFIGS = sorted(p for p in EXPERIMENTS.glob("*.yaml") if not any(k in p.stem for k in ("sweep", "plan", "cost")))
@@ -20,8 +21,6 @@ def test_run_config_is_valid(path):
 
 
 def test_vgg_config_cut_exists():
-    from splitpriv.models import build_model
-
     cfg = load_run_config(EXPERIMENTS / "cifar10_vgg16.yaml")
     assert build_model(cfg.model.name, 10, 3, 32).cut_name(cfg.model.cut_layer) == "features_9_pool"
 
@@ -43,3 +42,16 @@ def test_the_default_sweep_is_the_shipped_digits_sweep_config():
 
     shipped = sweep.load_sweep_config(yaml.safe_load((EXPERIMENTS / "digits_sweep.yaml").read_text()))
     assert shipped == sweep.load_sweep_config({"name": shipped.name})
+
+
+@pytest.mark.parametrize("path", sorted((EXPERIMENTS / "reproduce").glob("*.yaml")), ids=lambda p: p.name)
+def test_reproduction_configs_are_valid_sweeps_with_at_least_three_seeds(path):
+    import yaml
+
+    from splitpriv import sweep
+    from splitpriv.data import dataset_shape
+
+    cfg = sweep.load_sweep_config(yaml.safe_load(path.read_text()))
+    num_classes, shape = dataset_shape(cfg.dataset)
+    cells = sweep.grid(cfg, build_model(cfg.model, num_classes, shape[0], shape[-1]).cut_points(shape))
+    assert len(cfg.seeds) >= 3 and cells

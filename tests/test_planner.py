@@ -11,13 +11,18 @@ from splitpriv.cli import main
 from splitpriv.models import build_model
 from splitpriv.planner import Scenario, load_scenario, load_sweep, model_shape, plan
 
-FRONTIER_COLUMNS = ["cut_layer", "cut_name", "defense", "strength", "seed", "test_accuracy", "worst_mse", "worst_psnr",
-                    "worst_ssim", "reconstruction_classifier_accuracy", "dcor", "activation_bytes_per_sample",
-                    "train_time_s", "attack_time_s"]
+THREATS = ("passive", "black_box", "white_box")
+FRONTIER_COLUMNS = ["cut_layer", "cut_name", "defense", "strength", "seed", "test_accuracy",
+                    *(f"{m}_{t}" for t in THREATS for m in ("worst_mse", "worst_psnr", "worst_ssim")),
+                    "activation_bytes_per_sample", "train_time_s", "attack_time_s"]
+LEGACY_COLUMNS = ["cut_layer", "cut_name", "defense", "strength", "seed", "test_accuracy", "worst_mse", "worst_psnr",
+                  "worst_ssim", "reconstruction_classifier_accuracy", "dcor", "activation_bytes_per_sample",
+                  "train_time_s", "attack_time_s"]
 
 
-def write_sweep(folder, model="small_cnn", dataset="digits", seed=0):
-    """A synthetic sweep of small_cnn on digits: two defenses, two seeds, random leakage."""
+def write_sweep(folder, model="small_cnn", dataset="digits", seed=0, legacy=False):
+    """A synthetic sweep of small_cnn on digits: two defenses, two seeds, random leakage per threat model
+    (weaker adversaries leak less); ``legacy``: a frontier from before threat models."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     cuts = build_model("small_cnn", 10, 1, 8).cut_points((1, 8, 8))
@@ -25,14 +30,19 @@ def write_sweep(folder, model="small_cnn", dataset="digits", seed=0):
     for cut in cuts:
         for defense, strength in (("none", ""), ("dp_noise", "1.0")):
             for run_seed in (0, 1):
+                mse, ssim = rng.uniform(0.001, 0.1), rng.uniform(0.0, 0.5)
+                leakage = {f"{m}_{t}": value for t, factor in zip(THREATS, (3.0, 2.0, 1.0))
+                           for m, value in (("worst_mse", mse * factor), ("worst_psnr", 20.0), ("worst_ssim", ssim / factor))}
                 rows.append({"cut_layer": cut.index, "cut_name": cut.name, "defense": defense, "strength": strength,
-                             "seed": run_seed, "test_accuracy": rng.uniform(0.8, 0.98), "worst_mse": rng.uniform(0.001, 0.1),
-                             "worst_psnr": 20.0, "worst_ssim": rng.uniform(0.0, 1.0),
-                             "reconstruction_classifier_accuracy": 0.5, "dcor": 0.5,
+                             "seed": run_seed, "test_accuracy": rng.uniform(0.8, 0.98), **leakage,
                              "activation_bytes_per_sample": cut.output_elements * 4, "train_time_s": 1.0,
                              "attack_time_s": 1.0})
+    if legacy:
+        rows = [{**{k: v for k, v in r.items() if not k.startswith("worst_")}, "worst_mse": r["worst_mse_white_box"],
+                 "worst_psnr": 20.0, "worst_ssim": r["worst_ssim_white_box"], "reconstruction_classifier_accuracy": 0.5,
+                 "dcor": 0.5} for r in rows]
     with (folder / "frontier.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FRONTIER_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=LEGACY_COLUMNS if legacy else FRONTIER_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     (folder / "sweep.yaml").write_text(yaml.safe_dump({"dataset": dataset, "model": model, "seeds": [0, 1]}))
@@ -106,14 +116,22 @@ def test_pareto_front_is_exactly_the_non_dominated_plans(tmp_path, slow_sensor):
         assert p.pareto == (not dominated)
 
 
-def test_sweep_leakage_is_the_worst_case_over_seeds(tmp_path):
+@pytest.mark.parametrize("threat_model", THREATS)
+def test_sweep_leakage_is_the_worst_case_over_seeds_for_the_scenarios_adversary(tmp_path, threat_model):
     rows = write_sweep(tmp_path / "sweep")
-    sweep = load_sweep(tmp_path / "sweep", "small_cnn", "digits")
+    sweep = load_sweep(tmp_path / "sweep", "small_cnn", "digits", threat_model)
     cell = [r for r in rows if r["cut_layer"] == 2 and r["defense"] == "dp_noise"]
     outcome = sweep.outcomes[(2, "dp_noise", "1")]  # the strength as the sweep wrote it (no unit column here)
-    assert outcome.leakage_ssim == pytest.approx(max(r["worst_ssim"] for r in cell))
-    assert outcome.worst_mse == pytest.approx(min(r["worst_mse"] for r in cell))
+    assert outcome.leakage_ssim == pytest.approx(max(r[f"worst_ssim_{threat_model}"] for r in cell))
+    assert outcome.worst_mse == pytest.approx(min(r[f"worst_mse_{threat_model}"] for r in cell))
     assert outcome.accuracy == pytest.approx(sum(r["test_accuracy"] for r in cell) / 2)
+
+
+def test_a_frontier_from_before_threat_models_counts_as_the_white_box_adversarys(tmp_path):
+    rows = write_sweep(tmp_path / "sweep", legacy=True)
+    outcome = load_sweep(tmp_path / "sweep", "small_cnn", "digits", "white_box").outcomes[(2, "dp_noise", "1")]
+    cell = [r for r in rows if r["cut_layer"] == 2 and r["defense"] == "dp_noise"]
+    assert outcome.worst_mse == pytest.approx(min(r["worst_mse"] for r in cell))
 
 
 def test_without_a_sweep_privacy_is_unknown(slow_sensor):

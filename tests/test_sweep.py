@@ -28,7 +28,8 @@ TINY = {
     # a fixed noise seed: the parallel and sequential sweeps must agree to the digit
     "defenses": [{"name": "none"}, {"name": "dp_noise", "parameter": "epsilon", "strengths": [32.0], "params": {"noise_seed": 0}}],
     "training": {"epochs": 1},
-    "attack": {"attacks": [{"name": "decoder_inversion", "capacity": "small", "max_epochs": 2, "patience": 1},
+    "attack": {"attacks": [{"name": "surrogate_client", "capacity": "small", "surrogate_epochs": 1, "max_epochs": 2},
+                           {"name": "decoder_inversion", "capacity": "small", "max_epochs": 2, "patience": 1},
                            {"name": "optimization_inversion", "max_steps": 10}],
                "samples": 8, "dcor_samples": 8, "classifier_max_epochs": 1},
     "wandb": {"mode": "disabled"},
@@ -76,7 +77,7 @@ def test_parallel_workers_give_the_sequential_frontier(finished_sweep, tmp_path)
     assert sorted(p.name for p in (tmp_path / "tiny" / "train").iterdir()) == ["cut1-dp_noise-32-seed0", "cut4-dp_noise-32-seed0", "none-seed0"]
     for sequential, concurrent in zip(rows, parallel):
         assert (concurrent["cut_name"], concurrent["defense"]) == (sequential["cut_name"], sequential["defense"])
-        for column in ("test_accuracy", "worst_mse", "dcor_sq_bias_corrected"):
+        for column in ("test_accuracy", "worst_mse_passive", "worst_mse_white_box", "dcor_sq_bias_corrected"):
             assert concurrent[column] == pytest.approx(sequential[column], rel=1e-4), column
 
 
@@ -97,7 +98,12 @@ def test_frontier_has_one_row_per_cell_with_the_contract_columns(finished_sweep)
     for row in rows:  # every cell was attacked: its attack.json holds the row's worst case
         attack = json.loads((folder / "attacks" / f"cut{row['cut_layer']}-{row['defense']}"
                              f"{'' if row['strength'] is None else '-32'}-seed0" / "attack.json").read_text())
-        assert attack["worst_case"]["mse"] == row["worst_mse"]
+        for model in ("passive", "black_box", "white_box"):  # one worst case per threat model, naming its attack
+            assert attack["worst_case"][model]["mse"] == row[f"worst_mse_{model}"]
+            assert attack["worst_case"][model]["mse_attack"] == row[f"worst_attack_{model}"]
+        # the threat models nest: a stronger adversary can run every weaker one's attack
+        assert row["worst_mse_white_box"] <= row["worst_mse_black_box"] <= row["worst_mse_passive"]
+        assert row["worst_attack_passive"] == "surrogate_client/small"
 
 
 def test_undefended_cells_share_one_training(tmp_path, count_trainings):
@@ -176,18 +182,18 @@ def test_compare_prints_sweeps_side_by_side(finished_sweep, tmp_path, capsys):
     other.mkdir()
     table = read_csv(folder / "frontier.csv")
     for row in table:
-        row["worst_mse"] = str(float(row["worst_mse"]) * 2)
+        row["worst_mse_white_box"] = str(float(row["worst_mse_white_box"]) * 2)
     with open(other / "frontier.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, sweep.FRONTIER_COLUMNS)
         writer.writeheader()
         writer.writerows(table[:3])
-    assert main(["compare", str(folder), str(other)]) == 0
+    assert main(["compare", str(folder), str(other), "--metrics", "test_accuracy", "worst_mse_white_box"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "tiny:w_mse" in lines[0] and "other:w_mse" in lines[0]
+    assert "tiny:w_mse_white_box" in lines[0] and "other:w_mse_white_box" in lines[0]
     assert len(lines) == 1 + len(rows)
     for row in rows:
         line = next(l for l in lines if l.split()[0] == f"{row['cut_layer']}:{row['cut_name']}" and row["defense"] in l)
-        assert f"{row['worst_mse']:.4f}" in line
+        assert f"{row['worst_mse_white_box']:.4f}" in line
     missing = next(l for l in lines if l.split()[0] == "4:pool" and "dp_noise" in l)
     assert missing.rstrip().endswith("-")  # the cell absent from 'other'
     assert main(["compare", str(tmp_path / "absent")]) == 2
@@ -198,12 +204,14 @@ def test_compare_writes_markdown_naming_the_command_and_commit(finished_sweep, t
     provenance = json.loads((folder / "provenance.json").read_text())["started"]
     assert provenance["commit"] and provenance["command"]
     table = tmp_path / "table.md"
-    assert main(["compare", str(folder), "--markdown", str(table), "--metrics", "worst_mse", "message_dp_epsilon_per_sample"]) == 0
+    assert main(["compare", str(folder), "--markdown", str(table), "--metrics", "worst_mse_passive", "worst_attack_passive",
+                 "message_dp_epsilon_per_sample"]) == 0
     text = table.read_text()
     assert f"`{provenance['command']}` at commit `{provenance['commit']}`" in text
     noisy = next(r for r in rows if r["defense"] == "dp_noise")
     line = next(l for l in text.splitlines() if l.startswith(f"| {noisy['cut_layer']}:") and "dp_noise" in l)
     assert "epsilon (per message) 32" in line and f"{noisy['message_dp_epsilon_per_sample']:.1f}" in line
+    assert "surrogate_client/small" in line
 
 
 def test_wandb_offline_runs_match_the_frontier(finished_sweep):
@@ -220,7 +228,8 @@ def test_wandb_offline_runs_match_the_frontier(finished_sweep):
         summary, config = logged["summary"], logged["config"]
         for column in ("cut_layer", "cut_name", "defense", "strength", "seed"):
             assert _value(config[column]) == _value(row[column])
-        for column in ("test_accuracy", "worst_mse", "worst_psnr", "worst_ssim", "dcor_sq_bias_corrected", "activation_bytes_per_sample"):
+        for column in ("test_accuracy", "worst_mse_passive", "worst_mse_white_box", "worst_psnr_black_box", "worst_ssim_white_box",
+                       "recognisable_share_white_box", "dcor_sq_bias_corrected", "activation_bytes_per_sample"):
             assert summary[column] == pytest.approx(float(csv_row[column]), rel=1e-6)
     assert (folder / "wandb" / "latest-run" / "files" / "requirements.txt").exists()  # the summary run
 
@@ -246,7 +255,7 @@ def mnist_frontier(tmp_path_factory):
     print(sweep.format_table(rows))
     worst: dict[tuple[str, str], list[float]] = {}
     for row in rows:
-        worst.setdefault((row["cut_name"], row["defense"]), []).append(row["worst_mse"])
+        worst.setdefault((row["cut_name"], row["defense"]), []).append(row["worst_mse_white_box"])
     return worst
 
 

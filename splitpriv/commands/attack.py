@@ -67,15 +67,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"attacking {trained.path} (cut {trained.cut_layer} {trained.cut_name}, "
           f"defenses: {[d.name for d in trained.defenses] or 'none'})")
     record = run_attacks(trained, settings)
-    worst = record["worst_case"]
     for label, result in record["attacks"].items():
         print(f"  {label:32s} mse {result['mse']:.4f}  psnr {result['psnr']:6.2f}  ssim {result['ssim']:.3f}  "
-              f"classifier acc {result['classifier_accuracy'] if result['classifier_accuracy'] is not None else '-'}")
-    print(f"worst case: mse {worst['mse']:.4f} ({worst['mse_attack']}), ssim {worst['ssim']:.3f} ({worst['ssim_attack']}); "
-          f"bias-corrected dCor²(x, message) {record['dcor_sq_bias_corrected']:.3f}")
+              f"recognisable {result['recognisable_share']:.2f}  classifier acc "
+              f"{result['classifier_accuracy'] if result['classifier_accuracy'] is not None else '-'}")
+    for model, worst in record["worst_case"].items():
+        print(f"worst case, {model:9s}: " + ("no attack of the set is within its means" if worst is None else
+              f"mse {worst['mse']:.4f} ({worst['mse_attack']}), ssim {worst['ssim']:.3f} ({worst['ssim_attack']}), "
+              f"recognisable share {worst['recognisable_share']:.2f}"))
+    print(f"bias-corrected dCor²(x, message) {record['dcor_sq_bias_corrected']:.3f}")
     print(f"written {Path(trained.path) / 'attack.json'} and reconstructions.png")
     _log_attack(trained, record)
-    print(json.dumps(worst))
+    print(json.dumps(record["worst_case"]))
     return 0
 
 
@@ -86,10 +89,10 @@ def _log_attack(trained, record: dict) -> None:
     from splitpriv.sweep import frontier_metrics
     from splitpriv.tracking import log_run
 
-    folder, worst = Path(trained.path), record["worst_case"]
+    folder = Path(trained.path)
     config = {"dataset": record["dataset"], "model": record["model"], "cut_layer": record["cut_layer"],
               "cut_name": record["cut_name"], "defense": "+".join(d["name"] for d in record["defenses"]) or "none",
               "strength": None, "seed": trained.config.seed, "attack": record["settings"]}
-    summary = {**frontier_metrics(trained, record), "worst_case": worst}
+    summary = {**frontier_metrics(trained, record), "worst_case": record["worst_case"]}
     log_run(trained.config.wandb, folder / "attack-wandb", f"{folder.name}-attack", "attack", config, summary,
             images={"reconstructions": folder / GRID_FILE})

@@ -20,7 +20,7 @@ RUN_FLAGS = {
 
 
 # flag destination -> parameter of the one defense named by --defense
-DEFENSE_FLAGS = ("weight", "capacity", "penalty", "ssim_threshold", "max_task_loss", "decoder_lr",
+DEFENSE_FLAGS = ("weight", "capacity", "penalty", "ssim_threshold", "max_task_loss", "decoder_lr", "attacker_steps",
                  "mechanism", "epsilon", "delta", "clip", "output_bound",
                  "noise_multiplier", "target_epsilon", "max_grad_norm", "accountant")
 
@@ -83,6 +83,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     defense.add_argument("--ssim-threshold", type=float, help="decoder_reconstruction --penalty ssim: penalise SSIM above it")
     defense.add_argument("--max-task-loss", type=float, help="decoder_reconstruction: skip the privacy term when CE exceeds it")
     defense.add_argument("--decoder-lr", type=float, help="decoder_reconstruction: the simulated attacker's learning rate")
+    defense.add_argument("--attacker-steps", type=int, help="decoder_reconstruction: simulated attacker updates per client step")
     defense.add_argument("--mechanism", help="dp_noise: laplace or gaussian")
     defense.add_argument("--epsilon", type=float, help="dp_noise: privacy budget per query, > 0")
     defense.add_argument("--delta", type=float, help="dp_noise (gaussian) / dp_sgd: delta in (0, 1)")

@@ -11,7 +11,7 @@ from splitpriv.errors import RunStateError, SplitprivError
 
 HELP = ("print the frontiers of sweep folders (or attacked run folders) side by side, one line per cut and "
         "defense, averaged over seeds; --markdown FILE writes the table with the provenance of each folder")
-SHOWN = ("test_accuracy", "worst_mse", "worst_ssim")
+SHOWN = ("test_accuracy", "worst_mse_passive", "worst_mse_black_box", "worst_mse_white_box")
 
 
 def frontier_rows(folder: Path) -> list[dict]:
@@ -25,11 +25,14 @@ def frontier_rows(folder: Path) -> list[dict]:
 
         try:
             attack, metrics = json.loads((folder / "attack.json").read_text()), read_metrics(folder)
+            from splitpriv.sweep import THREAT_COLUMNS
+
             defense = attack["defenses"][0] if attack["defenses"] else {"name": "none"}
+            leakage = {f"{column}_{model}": (worst or {}).get(key) for model, worst in attack["worst_case"].items()
+                       for column, key in THREAT_COLUMNS.items()}
             return [{"cut_layer": attack["cut_layer"], "cut_name": attack["cut_name"], "defense": defense["name"],
-                     "strength": None, "seed": None, "test_accuracy": metrics["test_accuracy"],
-                     "worst_mse": attack["worst_case"]["mse"], "worst_ssim": attack["worst_case"]["ssim"]}]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as error:
+                     "strength": None, "seed": None, "test_accuracy": metrics["test_accuracy"], **leakage}]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError, AttributeError) as error:
             raise RunStateError(f"{folder}: attack.json or metrics.json is damaged ({type(error).__name__}: {error}); "
                                 f"rerun 'splitpriv attack --run {folder}'") from None
     raise SplitprivError(f"{folder} holds neither a sweep (frontier.csv) nor an attacked run (attack.json and "
@@ -60,21 +63,24 @@ def _strength(row: dict) -> str:
     return " ".join(filter(None, [row.get("strength_parameter"), f"{row['strength']:g}"]))
 
 
-def by_cell(rows: list[dict], metrics: tuple[str, ...]) -> dict[tuple, dict[str, list[float]]]:
+def by_cell(rows: list[dict], metrics: tuple[str, ...]) -> dict[tuple, dict[str, list]]:
     """Each metric's values over seeds, keyed by (cut_layer, cut_name, defense, strength)."""
-    grouped: dict[tuple, dict[str, list[float]]] = {}
+    grouped: dict[tuple, dict[str, list]] = {}
     for row in rows:
         cell = grouped.setdefault((row["cut_layer"], row["cut_name"], row["defense"], _strength(row)), {m: [] for m in metrics})
         for metric in metrics:
             if row.get(metric) is not None:
-                cell[metric].append(float(row[metric]))
+                cell[metric].append(row[metric])
     return grouped
 
 
-def _format(values: list[float]) -> str:
-    """The mean, with ± the standard deviation over seeds and their number when there are several."""
+def _format(values: list) -> str:
+    """Numbers: the mean, with ± the standard deviation over seeds and their number when there are
+    several. Text (e.g. the attack behind a worst case): each distinct value."""
     if not values:
         return "-"
+    if any(isinstance(v, str) for v in values):
+        return ", ".join(sorted({str(v) for v in values}))
     mean = statistics.mean(values)
     text = f"{mean:.4f}" if abs(mean) < 10 else f"{mean:.1f}"
     return text if len(values) == 1 else f"{text} ± {statistics.stdev(values):.4f} (n={len(values)})"

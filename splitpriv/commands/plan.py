@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.config, {"slo_s": args.slo_s} if args.slo_s is not None else None)
     catalogue = load_catalogue(scenario.catalogue + args.catalogue)
     scenario.options(catalogue)  # unknown devices or links fail here, before any work
-    sweep = load_sweep(args.sweep, scenario.model, scenario.dataset) if args.sweep else None
+    sweep = load_sweep(args.sweep, scenario.model, scenario.dataset, scenario.threat_model) if args.sweep else None
     import_plugins(scenario.plugins + args.plugin)
     num_classes, input_shape = dataset_shape(scenario.dataset)
     model = build_model(scenario.model, num_classes, input_shape[0], input_shape[-1])
@@ -54,6 +54,8 @@ def _print_result(result, scenario, top: int) -> None:
     mode = "training" if scenario.training else "inference"
     print(f"scenario {scenario.name}: {scenario.model} on {scenario.dataset}, batch {scenario.batch_size}, {mode}; "
           f"{len(result.plans)} plans, {sum(p.feasible for p in result.plans)} feasible")
+    if result.with_privacy:
+        print(f"privacy: the worst case against the {scenario.threat_model} adversary, measured by the sweep")
     if not result.with_privacy:
         print("privacy: UNKNOWN (no --sweep): planning on latency and cost only; run 'splitpriv sweep' for "
               f"{scenario.model} on {scenario.dataset} and pass --sweep to weigh leakage")
