@@ -73,8 +73,10 @@ def test_a_training_killed_mid_run_resumes_to_the_uninterrupted_result(uninterru
 
 def test_ctrl_c_saves_the_finished_epochs_and_exits_130(tmp_path):
     run = tmp_path / "interrupted"
+    # As at a terminal: a shell starts background jobs with SIGINT ignored, which the child would inherit.
     process = subprocess.Popen([*TRAIN, "--out", str(tmp_path), "--name", "interrupted"], env=ENV,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for(lambda: _checkpoint_epoch(run / "checkpoints" / "last.ckpt") >= 1 or process.poll() is not None)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
