@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from attacks import AttackSettings, default_attack_specs, run_attacks
+from splitpriv.attacks import default_attack_specs
+from splitpriv.attack_suite import AttackSettings, run_attacks
 from splitpriv.config import load_run_config
 from splitpriv.experiment import train
 

@@ -19,7 +19,8 @@ import torch
 
 from splitpriv.config import load_run_config
 from splitpriv.experiment import train
-from splitpriv.runs import METRICS_FILE, load_run
+from splitpriv.runs import load_run
+from splitpriv.store import METRICS_FILE
 
 COMPRESSIONS = {
     "fp32": [],
@@ -35,7 +36,7 @@ def worst_case(run, args) -> dict:
     """Worst case over the attack suite's attackers on the compressed message, as deployed
     (``--full-attacks``: the default set; otherwise an early-stopped small decoder and white-box
     optimisation on fewer images, to fit a busy CPU)."""
-    from attacks import AttackSettings, run_attacks
+    from splitpriv.attack_suite import AttackSettings, run_attacks
 
     if args.full_attacks:
         return run_attacks(run)["worst_case"]

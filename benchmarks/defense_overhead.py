@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader
 from splitpriv.config import from_dict, RunConfig
 from splitpriv.data import make_splits
 from splitpriv.errors import DataNotFoundError
-from splitpriv.experiment import build_module, quiet_lightning
+from splitpriv.experiment import quiet_lightning
+from splitpriv.runs import build_module
 
 DEFENSES = {
     "none": [],

@@ -14,33 +14,18 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-import defenses as defense_registry  # the module, not its names: importing `defenses` first must not cycle
+from splitpriv import defenses as defense_registry
 from splitpriv.checkpointing import ContinuedCSVLogger, EpochCheckpoint
 from splitpriv.config import RunConfig
 from splitpriv.data import SplitData, make_splits
 from splitpriv.errors import ConfigError, RunStateError, SplitprivError, TrainingInterrupted
-from splitpriv.exits import build_exits
-from splitpriv.models import build_model
 from splitpriv.provenance import provenance
-from splitpriv.runs import (CHECKPOINT, CONFIG_FILE, METRICS_FILE, RUN_MARKER, Run, atomic_write_json, atomic_write_text,
-                            atomic_write_yaml, import_plugins, read_checkpoint)
+from splitpriv.runs import Run, build_module
+from splitpriv.store import CHECKPOINT, CONFIG_FILE, METRICS_FILE, RUN_MARKER, atomic_write_json, atomic_write_text, atomic_write_yaml, import_plugins, read_checkpoint
 from splitpriv.tracking import make_wandb_logger
 from splitpriv.training import SplitLearningModule
 
 log = logging.getLogger("splitpriv")
-
-
-def build_module(cfg: RunConfig, num_classes: int, in_channels: int, image_size: int) -> SplitLearningModule:
-    """The split model, its cut and its defenses, seeded so the same config gives the same weights."""
-    defenses = defense_registry.build_defenses(cfg.defenses)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = build_model(cfg.model.name, num_classes, in_channels, image_size)
-    cut = model.default_cut() if cfg.model.cut_layer is None else model.cut_index(cfg.model.cut_layer)
-    exits = build_exits(model, cfg.exits, num_classes, (in_channels, image_size, image_size)) if cfg.exits.at else (None, None)
-    module = SplitLearningModule(model, cut, num_classes, cfg.training.client_optimizer, cfg.training.server_optimizer, defenses, *exits)
-    for defense in module.defenses:
-        defense.build(module, (in_channels, image_size, image_size))
-    return module
 
 
 def quiet_lightning() -> None:

@@ -24,17 +24,15 @@ Without a sweep, privacy is unknown: the plan uses latency and cost only and say
 """
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from attacks.threat_models import THREAT_MODELS
+from splitpriv.attacks.threat_models import THREAT_MODELS
 from splitpriv.catalogue import Catalogue, Device
-from splitpriv.compression import measured_message
+from splitpriv.defenses.compression import measured_message
 from splitpriv.config import NON_NEGATIVE, POSITIVE_INT, check, from_dict, load_yaml, set_dotted
 from splitpriv.cost import OPTIONAL_FRACTION, faas_price_per_s, iaas_price_per_s
 from splitpriv.errors import ConfigError, SplitprivError
@@ -42,7 +40,7 @@ from splitpriv.exits import chosen_exits
 from splitpriv.latency import Hop, chain_latency
 from splitpriv.models import SplitModel
 from splitpriv.profiling import BYTES_PER_ELEMENT, BlockProfile, profile_blocks
-from splitpriv.runs import atomic_save_figure, atomic_write_text
+from splitpriv.store import atomic_save_figure, atomic_write_csv, pyplot
 from splitpriv.sweep import read_frontier
 
 RAW, LOCAL = "raw", "local"
@@ -465,19 +463,12 @@ def plan(scenario: Scenario, catalogue: Catalogue, shape: ModelShape, sweep: Swe
 
 def write_plan_csv(result: PlanResult, path: Path) -> None:
     rows = [p.row() for p in sorted(result.plans, key=lambda p: (not p.feasible, p.score if p.feasible else math.inf))]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_csv(path, rows)
 
 
 def plot_plans(result: PlanResult, path: Path, title: str) -> None:
     """Latency against leakage (or against cost without a sweep), cost as colour; front circled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import matplotlib.ticker
 
     feasible = [p for p in result.plans if p.feasible] or result.plans

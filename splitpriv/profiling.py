@@ -15,8 +15,6 @@ measured end-to-end split forward at every cut.
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import os
 import statistics
 import time
@@ -30,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from splitpriv.errors import ConfigError
 from splitpriv.models import SplitModel
-from splitpriv.runs import atomic_save_figure, atomic_write_text
+from splitpriv.store import atomic_save_figure, atomic_write_csv, pyplot
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 
@@ -299,19 +297,12 @@ def calibrate(model: SplitModel, input_shape: Sequence[int], batch_size: int, ro
 
 
 def write_profile_csv(rows: list[CutProfile], path) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(asdict(rows[0])))
-    writer.writeheader()
-    writer.writerows(asdict(r) for r in rows)
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_csv(path, [asdict(r) for r in rows])
 
 
 def plot_activation_sizes(rows: list[CutProfile], input_bytes: int, path, title: str) -> None:
     """The survey's Fig. 1: size of the hidden variable (the message) at each split layer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(figsize=(max(6.0, 0.32 * len(rows) + 2), 4.2))
     sizes_mb = [r.activation_bytes_fp32 / 2**20 for r in rows]

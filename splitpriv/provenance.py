@@ -24,7 +24,7 @@ def command_line() -> str:
     return shlex.join([program, *sys.argv[1:]])
 
 
-SOURCE_PATHS = ("splitpriv", "defenses", "attacks", "benchmarks", "experiments", "pyproject.toml")
+SOURCE_PATHS = ("splitpriv", "benchmarks", "experiments", "pyproject.toml")
 
 
 def source_commit() -> str:

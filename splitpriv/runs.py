@@ -1,135 +1,39 @@
-"""The run folder: what a finished run leaves behind, written so that a kill never corrupts it.
-
-``runs/<name>/``: ``config.yaml`` (complete and resolved), ``metrics.json`` (final numbers),
-``checkpoints/last.ckpt``, ``logs/metrics.csv`` (per-epoch CSV log), ``wandb/`` (offline run).
+"""A run: a trained split model rebuilt from its folder (``runs/<name>/``: ``config.yaml``, complete and
+resolved; ``metrics.json``; ``checkpoints/last.ckpt``; ``logs/metrics.csv``; ``wandb/``), ready for
+attacks, profiling and notebooks.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
-import pickle
-import tempfile
-import traceback
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
-import yaml
 from torch import nn
 
-from splitpriv.errors import ConfigError, RunStateError, SplitprivError
-
-CONFIG_FILE, METRICS_FILE, CHECKPOINT = "config.yaml", "metrics.json", "checkpoints/last.ckpt"
-RUN_MARKER = ".splitpriv-run"  # written into every run folder splitpriv creates: --force deletes only those
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+from splitpriv import defenses as defense_registry
+from splitpriv.config import RunConfig
+from splitpriv.data import make_splits
+from splitpriv.errors import RunStateError, SplitprivError
+from splitpriv.exits import build_exits
+from splitpriv.models import build_model
+from splitpriv.store import CHECKPOINT, CONFIG_FILE, read_checkpoint, read_metrics, read_run_config, require_trusted_plugins
+from splitpriv.training import SplitLearningModule, bytes_per_sample
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename: readers see old or new, never half.
-    The file gets the permissions of any file the user creates (0644 under the usual umask)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: results are shared like checkpoints
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def finite_or_none(data: Any) -> Any:
-    """``data`` with NaN and infinities replaced by None (JSON's null): JSON has no NaN."""
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {k: finite_or_none(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [finite_or_none(v) for v in data]
-    return data
-
-
-def json_text(data: Any, **kwargs) -> str:
-    """Standard JSON (NaN and infinities as null; numpy and torch scalars as numbers)."""
-    return json.dumps(finite_or_none(json.loads(json.dumps(data, default=float))), allow_nan=False, **kwargs)
-
-
-def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json_text(data, indent=2, sort_keys=True) + "\n")
-
-
-def atomic_write_yaml(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
-
-
-def atomic_save_figure(figure, path: str | Path, dpi: int = 120) -> None:
-    """Save a matplotlib figure through a temporary file and a rename, then close it."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    try:
-        figure.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        plt.close(figure)
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_append_line(path: str | Path, line: str) -> None:
-    """Append one complete line (e.g. a JSONL record): the whole file is rewritten atomically."""
-    path = Path(path)
-    existing = path.read_text() if path.exists() else ""
-    atomic_write_text(path, existing + line.rstrip("\n") + "\n")
-
-
-_IMPORTED_PLUGINS: set[Path] = set()
-
-
-def import_plugins(paths: list[str]) -> None:
-    """Import user files that register models, data sets, defenses or attacks (each once per process)."""
-    import importlib.util
-
-    for plugin in paths:
-        file = Path(plugin).expanduser().resolve()
-        if file in _IMPORTED_PLUGINS:
-            continue
-        if not file.is_file():
-            raise SplitprivError(f"plugin file not found: {plugin} (give the path of a .py file that registers models, "
-                                 f"data sets, defenses or attacks)")
-        spec = importlib.util.spec_from_file_location(f"splitpriv_plugin_{file.stem}", file)
-        if spec is None or spec.loader is None:
-            raise SplitprivError(f"plugin {plugin} is not a Python file that can be imported (it should end in .py)")
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-        except Exception as error:  # the plugin's own code failed: say where, in its file
-            lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__) if Path(frame.filename) == file]
-            where = f" (line {lines[-1]})" if lines else ""
-            raise SplitprivError(f"plugin {plugin} failed to import{where}: {type(error).__name__}: {error}") from None
-        _IMPORTED_PLUGINS.add(file)
-
-
-def require_trusted_plugins(paths: list[str], source: Path) -> None:
-    """Refuse to run code named by a file in someone's run folder: its plugins must have been
-    imported by the user first (``--plugin FILE``), who thereby says they trust them."""
-    missing = [p for p in paths if Path(p).expanduser().resolve() not in _IMPORTED_PLUGINS]
-    if missing:
-        raise SplitprivError(f"{source} was made with plugin(s) {missing}; opening it would run their code. If you "
-                             f"trust them, pass " + " ".join(f"--plugin {p}" for p in missing))
+def build_module(cfg: RunConfig, num_classes: int, in_channels: int, image_size: int) -> SplitLearningModule:
+    """The split model, its cut and its defenses, seeded so the same config gives the same weights."""
+    defenses = defense_registry.build_defenses(cfg.defenses)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = build_model(cfg.model.name, num_classes, in_channels, image_size)
+    cut = model.default_cut() if cfg.model.cut_layer is None else model.cut_index(cfg.model.cut_layer)
+    exits = build_exits(model, cfg.exits, num_classes, (in_channels, image_size, image_size)) if cfg.exits.at else (None, None)
+    module = SplitLearningModule(model, cut, num_classes, cfg.training.client_optimizer, cfg.training.server_optimizer, defenses, *exits)
+    for defense in module.defenses:
+        defense.build(module, (in_channels, image_size, image_size))
+    return module
 
 
 @dataclass
@@ -172,8 +76,6 @@ class Run:
         """The run's data splits (private train, val, private test, proxy), rebuilt from the seed."""
         if self._data is not None:
             return self._data
-        from splitpriv.data import make_splits
-
         data = make_splits(self.config.data, self.config.seed)
         recorded = self.resolved.get("data_splits", {}).get("fingerprint")
         if recorded and recorded != data.description["fingerprint"]:
@@ -198,8 +100,6 @@ class Run:
         if self.defenses:
             raise SplitprivError(f"run {self.path} has defenses ({', '.join(d.name for d in self.defenses)}) trained "
                                  f"at cut {self.cut_layer}; only an undefended run can be recut")
-        from splitpriv.training import SplitLearningModule, bytes_per_sample
-
         old = self.module
         module = SplitLearningModule(self.model, cut_layer, self.data.info.num_classes, old.client_optimizer_cfg,
                                      old.server_optimizer_cfg, exit_heads=nn.ModuleDict({**old.client_exits, **old.server_exits}),
@@ -212,45 +112,9 @@ class Run:
         return Run(self.path, self.config, resolved, metrics, module, self.data)
 
 
-def read_checkpoint(path: Path) -> dict:
-    """A Lightning checkpoint read without running any of its code: tensors and plain data only
-    (``torch.load(weights_only=True)``); a checkpoint that needs more is refused, not loaded."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0][:300]
-        raise RunStateError(f"checkpoint {path} holds more than tensors and plain data ({reason}); it was not written "
-                            f"by splitpriv or was altered, and is not loaded because loading it could run code") from None
-    except Exception as error:  # any failure to parse an untrusted file means it is unreadable, whatever torch raises
-        raise RunStateError(f"checkpoint {path} cannot be read ({type(error).__name__}: {str(error)[:200]}): it is "
-                            f"truncated or corrupt; retrain the run, or restore an intact copy") from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise RunStateError(f"checkpoint {path} is not a splitpriv training checkpoint (no state_dict)")
-    return checkpoint
-
-
-def read_run_config(path: Path):
-    """(RunConfig, resolved) from a run folder's config.yaml, every problem naming the file."""
-    from splitpriv.config import RunConfig, from_dict, load_yaml
-
-    file = path / CONFIG_FILE
-    stored = load_yaml(file, "run config")
-    resolved = stored.pop("resolved", None)
-    try:
-        config = from_dict(RunConfig, stored)
-    except ConfigError as error:
-        raise RunStateError(f"{file} is not a valid run config: {error}") from None
-    if not isinstance(resolved, dict) or not isinstance(resolved.get("dataset_info"), dict):
-        raise RunStateError(f"{file} lacks its 'resolved.dataset_info' section: it was not written by 'splitpriv train' "
-                            f"or was edited; retrain the run")
-    return config, resolved
-
-
 def load_run(path: str | Path) -> Run:
     """Load ``runs/<name>`` written by ``splitpriv train``, executing nothing from the folder:
     plugins it names must have been imported by the caller (``--plugin``)."""
-    from splitpriv.experiment import build_module
-
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
         raise SplitprivError(f"no run at {path}: {path / CONFIG_FILE} is missing. Train one with 'splitpriv train --name ...'.")
@@ -270,17 +134,3 @@ def load_run(path: str | Path) -> Run:
                             f"({' '.join(str(error).split())[:300]}); were they copied from different runs?") from None
     module.eval()
     return Run(path, config, resolved, read_metrics(path), module)
-
-
-def read_metrics(path: Path) -> dict:
-    """metrics.json of a run folder ({} before training finished)."""
-    file = path / METRICS_FILE
-    if not file.exists():
-        return {}
-    try:
-        metrics = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RunStateError(f"{file} is corrupt ({error}); retrain the run or restore the file") from None
-    if not isinstance(metrics, dict):
-        raise RunStateError(f"{file} is not a mapping of metrics; retrain the run or restore the file")
-    return metrics

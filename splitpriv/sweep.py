@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import os
 import shutil
@@ -22,20 +21,21 @@ from typing import Any, Callable
 
 import torch
 
-from attacks import AttackSettings, build_attacks, default_attack_specs, run_attacks
-from attacks.semantic import fit_proxy_classifier
-from attacks.suite import GRID_FILE, load_proxy
-from attacks.threat_models import THREAT_MODELS
-from defenses import build_defense, build_defenses
-from splitpriv.config import POSITIVE_INT, SAFE_NAME, ExitsConfig, RunConfig, WandbConfig, check, from_dict, load_yaml
+from splitpriv.attacks import build_attacks, default_attack_specs
+from splitpriv.attack_suite import AttackSettings, run_attacks
+from splitpriv.attacks.semantic import fit_proxy_classifier
+from splitpriv.attack_suite import GRID_FILE, load_proxy
+from splitpriv.attacks.threat_models import THREAT_MODELS
+from splitpriv.defenses import build_defense, build_defenses
+from splitpriv.config import SAFE_NAME, ExitsConfig, RunConfig, WandbConfig, check, from_dict, load_yaml
 from splitpriv.data import make_splits
 from splitpriv.errors import ConfigError, RunStateError, SplitprivError
 from splitpriv.experiment import quiet_lightning, train
 from splitpriv.models import build_model
 from splitpriv.profiling import count_flops
 from splitpriv.provenance import provenance
-from splitpriv.runs import (CHECKPOINT, METRICS_FILE, atomic_append_line, atomic_save_figure, atomic_write_json,
-                            atomic_write_text, atomic_write_yaml, import_plugins, json_text, load_run)
+from splitpriv.runs import load_run
+from splitpriv.store import CHECKPOINT, METRICS_FILE, atomic_append_line, atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_text, atomic_write_yaml, import_plugins, json_text, pyplot
 from splitpriv.workers import exclusive_sweep_folder, worker_pool
 from splitpriv.tracking import log_run
 
@@ -504,11 +504,7 @@ def write_frontier(sweep_dir: Path, cells: list[Cell]) -> list[dict]:
     """frontier.csv (grid order) and frontier.png from results.jsonl."""
     done = finished_rows(sweep_dir)
     rows = [{c: done[cell.key][c] for c in FRONTIER_COLUMNS} for cell in cells if cell.key in done]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, FRONTIER_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(sweep_dir / FRONTIER_CSV, buffer.getvalue())
+    atomic_write_csv(sweep_dir / FRONTIER_CSV, rows, FRONTIER_COLUMNS)
     plot_frontier(rows, sweep_dir / FRONTIER_PNG, sweep_dir.name)
     return rows
 
@@ -556,10 +552,7 @@ def read_frontier(path: Path) -> list[dict]:
 def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
     """One panel per threat model: accuracy against that adversary's worst-case MSE, a marker per cell
     coloured by defense and strength, labelled by cut; the undefended cells joined as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     def series(row: dict) -> str:  # the defense and its strength (with its unit), with the cell's adaptations if any
         defense = row["defense"] if row.get("strength") is None else f"{row['defense']} {row['strength_parameter']} {row['strength']:g}"

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from defenses.base import CutContext, Defense
+from splitpriv.defenses.base import CutContext, Defense
 from splitpriv.config import OptimizerConfig
 from splitpriv.errors import TrainingDiverged
 from splitpriv.exits import ExitWeights, run_blocks

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from attacks import ATTACKS, AttackSettings, AttackTarget, ProxyData, build_attack, evaluate, run_attacks
-from attacks.metrics import reconstruction_metrics, worst_case
+from splitpriv.attacks import ATTACKS, AttackTarget, ProxyData, build_attack, evaluate
+from splitpriv.attack_suite import AttackSettings, run_attacks
+from splitpriv.attacks.metrics import reconstruction_metrics, worst_case
 from splitpriv.cli import main
 from splitpriv.config import load_run_config
 from splitpriv.experiment import train
@@ -146,7 +147,7 @@ def test_unknown_attack_parameters_are_refused():
 
 def test_decoders_fit_with_enough_steps_per_epoch_on_a_small_proxy():
     """A fixed batch of 64 gave 4 steps per epoch on the digits proxy and under-fitted decoders."""
-    from attacks.base import EarlyStopping, fit_with_early_stopping
+    from splitpriv.attacks.base import EarlyStopping, fit_with_early_stopping
 
     torch.manual_seed(0)
     for n, batch_size in ((259, 32), (100, 16), (9000, 64)):
@@ -180,8 +181,8 @@ def test_run_attacks_writes_every_attack_and_the_worst_case(trained, tmp_path):
 
 
 def test_default_set_adds_the_noise_aware_attacker_for_randomized_defenses(noisy, trained, tmp_path):
-    from attacks import default_attack_specs
-    from attacks.suite import deployed_target, load_proxy
+    from splitpriv.attacks import default_attack_specs
+    from splitpriv.attack_suite import deployed_target, load_proxy
 
     for run, expected in ((noisy, True), (trained, False)):
         proxy, _, _ = load_proxy(run.data, run.config.data, None, None, 0)
@@ -268,7 +269,7 @@ def test_leakage_per_image_shows_a_defense_that_protects_most_images_but_leaks_s
 
 
 def test_threat_models_nest_so_that_a_stronger_adversary_runs_every_weaker_attack():
-    from attacks.threat_models import THREAT_MODELS
+    from splitpriv.attacks.threat_models import THREAT_MODELS
 
     passive, black, white = (THREAT_MODELS[name] for name in ("passive", "black_box", "white_box"))
     assert passive.grants < black.grants < white.grants
@@ -282,7 +283,7 @@ def test_threat_models_nest_so_that_a_stronger_adversary_runs_every_weaker_attac
 def test_the_passive_surrogate_client_attack_recovers_more_than_the_attackers_prior(trained):
     """Without queries or weights: a surrogate client trained on proxy data through the server and matched
     to the observed messages, then a decoder. It must beat guessing the proxy's mean image by far."""
-    from attacks.suite import deployed_target, load_proxy
+    from splitpriv.attack_suite import deployed_target, load_proxy
 
     run = trained.recut("pool")
     proxy, _, _ = load_proxy(run.data, run.config.data, None, None, 0)

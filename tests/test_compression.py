@@ -5,11 +5,12 @@ import pytest
 import torch
 import yaml
 
-from defenses import Defense, build_defense
+from splitpriv.defenses import Defense, build_defense
 from splitpriv.cli import main
-from splitpriv.compression import Quantize, TopK, measured_message
+from splitpriv.defenses.compression import Quantize, TopK, measured_message
 from splitpriv.config import load_run_config
-from splitpriv.experiment import build_module, train
+from splitpriv.experiment import train
+from splitpriv.runs import build_module
 from splitpriv.models import build_model
 from splitpriv.runs import load_run
 

@@ -10,15 +10,16 @@ from opacus.accountants import RDPAccountant
 
 import lightning as L
 
-from defenses import DPNoise, build_defense
-from defenses.base import CutContext
-from defenses.decoder_reconstruction import DecoderReconstruction
-from defenses.dp_noise import analytic_gaussian_sigma, clip_per_sample
+from splitpriv.defenses import DPNoise, build_defense
+from splitpriv.defenses.base import CutContext
+from splitpriv.defenses.decoder_reconstruction import DecoderReconstruction
+from splitpriv.defenses.dp_noise import analytic_gaussian_sigma, clip_per_sample
 from splitpriv.cli import main
 from splitpriv.config import from_dict, RunConfig
 from splitpriv.errors import ConfigError
 from splitpriv.data import make_splits
-from splitpriv.experiment import build_module, loaders, train
+from splitpriv.experiment import loaders, train
+from splitpriv.runs import build_module
 from splitpriv.runs import load_run
 
 FAST = {"epochs": 3, "progress_bar": False, "client_optimizer": {"lr": 3e-3}, "server_optimizer": {"lr": 3e-3}}

@@ -12,13 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attacks import AttackSettings, AttackTarget, build_attack, evaluate, run_attacks
-from attacks.suite import deployed_target, load_proxy
-from defenses import DPNoise
-from defenses.accounting import composed_epsilon
-from defenses.dp_noise import analytic_gaussian_sigma
+from splitpriv.attacks import AttackTarget, build_attack, evaluate
+from splitpriv.attack_suite import AttackSettings, run_attacks
+from splitpriv.attack_suite import deployed_target, load_proxy
+from splitpriv.defenses import DPNoise
+from splitpriv.defenses.accounting import composed_epsilon
+from splitpriv.defenses.dp_noise import analytic_gaussian_sigma
 from splitpriv.config import RunConfig, from_dict
-from splitpriv.experiment import build_module, train
+from splitpriv.experiment import train
+from splitpriv.runs import build_module
 from splitpriv.runs import load_run
 
 QUICK = {"epochs": 2, "progress_bar": False}

@@ -7,7 +7,8 @@ import yaml
 from splitpriv.cli import main
 from splitpriv.config import load_run_config
 from splitpriv.exits import FINAL, ExitWeights, choose, chosen_exits, collect, evaluate, sweep
-from splitpriv.experiment import build_module, train
+from splitpriv.experiment import train
+from splitpriv.runs import build_module
 
 
 
@@ -124,7 +125,7 @@ def test_exits_on_a_run_without_exits_and_an_exit_at_an_invalid_cut_exit_2(tmp_p
 
 def test_planner_uses_the_measured_exit_rates(exit_run):
     from splitpriv.catalogue import load_catalogue
-    from splitpriv.exits import calibrate_run
+    from splitpriv.exit_calibration import calibrate_run
     from splitpriv.models import build_model
     from splitpriv.planner import load_scenario, model_shape, plan
 

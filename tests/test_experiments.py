@@ -15,7 +15,7 @@ def test_run_config_is_valid(path):
     cfg = load_run_config(path)
     assert cfg.data.dataset and cfg.model.name
     if cfg.defenses:
-        from defenses import build_defenses
+        from splitpriv.defenses import build_defenses
 
         build_defenses(cfg.defenses)
 

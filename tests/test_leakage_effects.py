@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from attacks import AttackSettings, run_attacks
+from splitpriv.attack_suite import AttackSettings, run_attacks
 from splitpriv.config import RunConfig, from_dict
 from splitpriv.experiment import train
 

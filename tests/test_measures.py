@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attacks.metrics import message_dcor, reconstruction_metrics
+from splitpriv.attacks.metrics import message_dcor, reconstruction_metrics
 from splitpriv.data import load_images
 from splitpriv.measures import (bias_corrected_distance_correlation, distance_correlation, ssim, ssim_sigma,
                                 ssim_window)

@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from splitpriv import RunConfig, load_run, load_run_config, train
-from splitpriv.runs import atomic_write_json
+from splitpriv.store import atomic_write_json
 
 
 def quick_config(tmp_path, **overrides) -> RunConfig:

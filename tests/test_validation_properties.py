@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attacks import build_attack
-from defenses import build_defense
+from splitpriv.attacks import build_attack
+from splitpriv.defenses import build_defense
 from splitpriv import sweep
 from splitpriv.config import RunConfig, from_dict, is_safe_name
 from splitpriv.errors import ConfigError

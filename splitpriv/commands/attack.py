@@ -53,9 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from attacks import AttackSettings, run_attacks
+    from splitpriv.attack_suite import AttackSettings, run_attacks
     from splitpriv.config import from_dict
-    from splitpriv.runs import import_plugins, load_run
+    from splitpriv.runs import load_run
+    from splitpriv.store import import_plugins
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 def _log_attack(trained, record: dict) -> None:
     """The attack as a wandb run (job type ``attack``) beside the run's training run, summary
     metrics named as in a sweep's frontier.csv."""
-    from attacks.suite import GRID_FILE
+    from splitpriv.attack_suite import GRID_FILE
     from splitpriv.sweep import frontier_metrics
     from splitpriv.tracking import log_run
 

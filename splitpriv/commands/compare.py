@@ -21,7 +21,7 @@ def frontier_rows(folder: Path) -> list[dict]:
 
         return read_frontier(folder / "frontier.csv")
     if (folder / "attack.json").exists() and (folder / "metrics.json").exists():
-        from splitpriv.runs import read_metrics
+        from splitpriv.store import read_metrics
 
         try:
             attack, metrics = json.loads((folder / "attack.json").read_text()), read_metrics(folder)
@@ -138,7 +138,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from splitpriv.provenance import command_line
-    from splitpriv.runs import atomic_write_text
+    from splitpriv.store import atomic_write_text
 
     for folder in args.folders:
         if not folder.is_dir():

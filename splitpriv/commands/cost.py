@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 from pathlib import Path
 
 HELP = "cost study: a large VM alone vs. a small VM offloading to a serverless function, across SLOs"
@@ -99,15 +97,13 @@ def _ms(best) -> str:
 
 
 def _write_csv(rows, path: Path) -> None:
-    from splitpriv.runs import atomic_write_text
+    from splitpriv.store import atomic_write_csv
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["slo_s", "billing", "alone_cost_per_1000", "alone_latency_s", "hybrid_cost_per_1000",
-                     "hybrid_latency_s", "hybrid_cutid", "hybrid_placement", "savings"])
+    records = []
     for row in rows:
         alone, hybrid = row.alone.best, row.hybrid.best
-        writer.writerow([row.slo_s, row.billing, alone and alone.cost * 1000, alone and alone.latency_s,
-                         hybrid and hybrid.cost * 1000, hybrid and hybrid.latency_s, hybrid and hybrid.cutid,
-                         hybrid.placement if hybrid else "", row.savings])
-    atomic_write_text(path, buffer.getvalue())
+        records.append({"slo_s": row.slo_s, "billing": row.billing, "alone_cost_per_1000": alone and alone.cost * 1000,
+                        "alone_latency_s": alone and alone.latency_s, "hybrid_cost_per_1000": hybrid and hybrid.cost * 1000,
+                        "hybrid_latency_s": hybrid and hybrid.latency_s, "hybrid_cutid": hybrid and hybrid.cutid,
+                        "hybrid_placement": hybrid.placement if hybrid else "", "savings": row.savings})
+    atomic_write_csv(path, records)

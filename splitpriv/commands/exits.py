@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitpriv.exits import calibrate_run
-    from splitpriv.runs import import_plugins
+    from splitpriv.exit_calibration import calibrate_run
+    from splitpriv.store import import_plugins
 
     if not (isinstance(args.target_accuracy, float) and 0 < args.target_accuracy <= 1) or math.isnan(args.target_accuracy):
         raise ConfigError("--target-accuracy", args.target_accuracy, "a number in (0, 1]")

@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from splitpriv.lighten import check_fraction, format_table, lighten
-    from splitpriv.runs import atomic_write_json, import_plugins, load_run
+    from splitpriv.runs import load_run
+    from splitpriv.store import atomic_write_json, import_plugins
 
     check_fraction("--width", args.width, "a number in (0, 1)")  # before loading anything
     check_fraction("--amount", args.amount, "a number in (0, 1)")

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from splitpriv.data import dataset_shape
     from splitpriv.models import build_model
     from splitpriv.planner import load_scenario, load_sweep, model_shape, plan, plot_plans, write_plan_csv
-    from splitpriv.runs import import_plugins
+    from splitpriv.store import import_plugins
 
     scenario = load_scenario(args.config, {"slo_s": args.slo_s} if args.slo_s is not None else None)
     catalogue = load_catalogue(scenario.catalogue + args.catalogue)

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from splitpriv.models import build_model, largest_activation_bytes
     from splitpriv.profiling import (calibrate, check_fits_in_memory, measure_partition_times, plot_activation_sizes, profile_cuts,
                                      write_profile_csv)
-    from splitpriv.runs import atomic_write_json, atomic_write_yaml, import_plugins
+    from splitpriv.store import atomic_write_json, atomic_write_yaml, import_plugins
 
     if args.no_timing and args.calibrate:
         raise ConfigError("--calibrate", "with --no-timing", "--calibrate without --no-timing (calibration needs timing)")

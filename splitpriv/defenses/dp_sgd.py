@@ -45,7 +45,7 @@ from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 
-from defenses.base import Defense, is_number, private_generator
+from splitpriv.defenses.base import Defense, is_number, private_generator
 from splitpriv.errors import ConfigError, SplitprivError
 
 log = logging.getLogger("splitpriv")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_accuracy
 
-from attacks.base import EarlyStopping, ProxyData, fit_with_early_stopping, holdout_split
+from splitpriv.attacks.base import EarlyStopping, ProxyData, fit_with_early_stopping, holdout_split
 from splitpriv.models import build_model
 
 CLASSIFIER_MODEL = "small_cnn"  # a plain CNN: the attacker's own model, independent of the victim's

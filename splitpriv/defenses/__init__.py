@@ -2,7 +2,7 @@
 line in ``DEFENSES`` below."""
 from __future__ import annotations
 
-from defenses.base import CutContext, Defense
+from splitpriv.defenses.base import CutContext, Defense
 from splitpriv.config import build_registered
 
 DEFENSES: dict[str, type[Defense]] = {}
@@ -23,17 +23,17 @@ def build_defenses(specs: list[dict]) -> list[Defense]:
     return [build_defense(spec, f"defenses[{i}]") for i, spec in enumerate(specs)]
 
 
-from defenses.decoder_reconstruction import DecoderReconstruction  # noqa: E402  (the registry lines)
-from defenses.distance_correlation import DistanceCorrelation, distance_correlation  # noqa: E402
-from defenses.dp_noise import DPNoise  # noqa: E402
-from defenses.dp_sgd import DPSGD  # noqa: E402
+from splitpriv.defenses.decoder_reconstruction import DecoderReconstruction  # noqa: E402  (the registry lines)
+from splitpriv.defenses.distance_correlation import DistanceCorrelation, distance_correlation  # noqa: E402
+from splitpriv.defenses.dp_noise import DPNoise  # noqa: E402
+from splitpriv.defenses.dp_sgd import DPSGD  # noqa: E402
 
 for _defense in (DistanceCorrelation, DecoderReconstruction, DPNoise, DPSGD):
     register_defense(_defense)
 
 
 # compressions of the message share the Defense interface, so they compose in the same list
-from splitpriv.compression import Bottleneck, Quantize, TopK  # noqa: E402
+from splitpriv.defenses.compression import Bottleneck, Quantize, TopK  # noqa: E402
 
 register_defense(Quantize)
 register_defense(TopK)

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from attacks.base import Attack, AttackTarget
-from defenses.base import is_number
+from splitpriv.attacks.base import Attack, AttackTarget
+from splitpriv.defenses.base import is_number
 from splitpriv.config import is_int
 from splitpriv.errors import ConfigError
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from defenses.base import CutContext, Defense, StepMean, is_number
+from splitpriv.defenses.base import CutContext, Defense, StepMean, is_number
 from splitpriv.decoders import CAPACITIES, build_decoder
 from splitpriv.errors import ConfigError
 from splitpriv.measures import ssim

@@ -15,9 +15,9 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from attacks.base import Attack, AttackTarget, EarlyStopping, fit_with_early_stopping, holdout_split
+from splitpriv.attacks.base import Attack, AttackTarget, EarlyStopping, fit_with_early_stopping, holdout_split
 from splitpriv.decoders import CAPACITIES, build_decoder
-from defenses.base import is_number
+from splitpriv.defenses.base import is_number
 from splitpriv.config import MAX_EPOCHS, is_int
 from splitpriv.errors import ConfigError
 

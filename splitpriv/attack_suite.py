@@ -17,18 +17,18 @@ from typing import Any, Callable
 
 import torch
 
-from attacks import build_attacks, default_attack_specs
-from attacks.base import AttackResult, AttackTarget, ProxyData, evaluate
-from attacks.metrics import LEAKAGE_METRICS, message_dcor, worst_case
-from attacks.semantic import classifier_accuracy, fit_proxy_classifier
-from attacks.threat_models import THREAT_MODELS
-from defenses.base import NoiseModel
+from splitpriv.attacks import build_attacks, default_attack_specs
+from splitpriv.attacks.base import AttackResult, AttackTarget, ProxyData, evaluate
+from splitpriv.attacks.metrics import LEAKAGE_METRICS, message_dcor, worst_case
+from splitpriv.attacks.semantic import classifier_accuracy, fit_proxy_classifier
+from splitpriv.attacks.threat_models import THREAT_MODELS
+from splitpriv.defenses.base import NoiseModel
 from splitpriv.config import POSITIVE_INT, check
 from splitpriv.decoders import CAPACITIES
 from splitpriv.data import ImageSet, load_images, match_shape
 from splitpriv.errors import SplitprivError
-from splitpriv.experiment import build_module
-from splitpriv.runs import atomic_save_figure, atomic_write_json
+from splitpriv.runs import build_module
+from splitpriv.store import atomic_save_figure, atomic_write_json, pyplot
 
 ATTACK_FILE, GRID_FILE = "attack.json", "reconstructions.png"
 QUERY_CHUNK = 1024  # inputs per client query: bounds memory for large messages (e.g. 32x26x26 on MNIST)
@@ -228,10 +228,7 @@ def worst_case_by_threat_model(per_attack: dict[str, dict]) -> dict[str, dict | 
 
 def save_reconstruction_grid(path: Path, originals: torch.Tensor, results: list[AttackResult], count: int) -> None:
     """Originals on top, one row per attack, ``count`` private test images (written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from torchvision.utils import make_grid
 
     count = min(count, len(originals))

@@ -23,8 +23,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from attacks.base import Attack, AttackTarget, EarlyStopping, fit_with_early_stopping, holdout_split
-from defenses.base import is_number
+from splitpriv.attacks.base import Attack, AttackTarget, EarlyStopping, fit_with_early_stopping, holdout_split
+from splitpriv.defenses.base import is_number
 from splitpriv.config import MAX_EPOCHS, is_int
 from splitpriv.decoders import CAPACITIES, build_decoder
 from splitpriv.errors import ConfigError

@@ -15,7 +15,7 @@ private training data is known (``setup``). DP-SGD also replaces the private tra
 training ends (``teardown``); ``resumed`` hears that an interrupted training continues. All hooks
 are no-ops by default.
 
-Adding a defense is one file with a ``Defense`` subclass plus one line in ``defenses/__init__.py``.
+Adding a defense is one file with a ``Defense`` subclass plus one line in ``splitpriv/defenses/__init__.py``.
 """
 from __future__ import annotations
 

@@ -2,11 +2,12 @@
 subclass and one line in ``ATTACKS`` below."""
 from __future__ import annotations
 
-from attacks.base import Attack, AttackResult, AttackTarget, ProxyData, evaluate
-from attacks.decoder_inversion import DecoderInversion
-from attacks.noise_aware import NoiseAwareInversion
-from attacks.optimization_inversion import OptimizationInversion
-from attacks.surrogate_client import SurrogateClientInversion
+from splitpriv.attacks.base import Attack, AttackResult, AttackTarget, ProxyData, evaluate
+from splitpriv.attacks.decoder_inversion import DecoderInversion
+from splitpriv.attacks.noise_aware import NoiseAwareInversion
+from splitpriv.attacks.optimization_inversion import OptimizationInversion
+from splitpriv.attacks.surrogate_client import SurrogateClientInversion
+from splitpriv.attacks.threat_models import THREAT_MODELS
 from splitpriv.config import build_registered
 from splitpriv.errors import ConfigError
 
@@ -46,8 +47,5 @@ def build_attacks(specs: list[dict]) -> list[Attack]:
     return [build_attack(spec, f"attacks[{i}]") for i, spec in enumerate(specs)]
 
 
-from attacks.suite import AttackSettings, run_attacks  # noqa: E402  (the suite builds on the registry)
-from attacks.threat_models import THREAT_MODELS  # noqa: E402
-
-__all__ = ["ATTACKS", "Attack", "AttackResult", "AttackSettings", "AttackTarget", "ProxyData", "THREAT_MODELS",
-           "build_attack", "build_attacks", "default_attack_specs", "evaluate", "register_attack", "run_attacks"]
+__all__ = ["ATTACKS", "Attack", "AttackResult", "AttackTarget", "ProxyData", "THREAT_MODELS", "build_attack",
+           "build_attacks", "default_attack_specs", "evaluate", "register_attack"]

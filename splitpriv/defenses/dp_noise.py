@@ -35,8 +35,8 @@ import math
 
 import torch
 
-from defenses.accounting import composed_epsilon
-from defenses.base import Defense, NoiseModel, is_number, private_generator
+from splitpriv.defenses.accounting import composed_epsilon
+from splitpriv.defenses.base import Defense, NoiseModel, is_number, private_generator
 from splitpriv.errors import ConfigError
 
 MECHANISMS = ("laplace", "gaussian")

@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from defenses.base import CutContext, Defense, StepMean, is_number
+from splitpriv.defenses.base import CutContext, Defense, StepMean, is_number
 from splitpriv.errors import ConfigError
 from splitpriv.measures import distance_correlation
 

@@ -8,7 +8,7 @@ deterministic defense every query is identical and this equals ``decoder_inversi
 """
 from __future__ import annotations
 
-from attacks.decoder_inversion import DecoderInversion
+from splitpriv.attacks.decoder_inversion import DecoderInversion
 
 
 class NoiseAwareInversion(DecoderInversion):

@@ -18,17 +18,15 @@ splitpriv reports are bytes that really carry the message, not a formula.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
-from defenses.base import Defense
+from splitpriv.defenses.base import Defense
 from splitpriv.errors import ConfigError, RunStateError, SplitprivError
 
 FP32_BYTES = 4
@@ -269,7 +267,7 @@ class MeasuredMessage:
 
 def measured_message(run_path: str | Path) -> MeasuredMessage:
     """Read a trained run's config and metrics (no model is loaded)."""
-    from splitpriv.runs import read_metrics, read_run_config
+    from splitpriv.store import read_metrics, read_run_config
 
     folder = Path(run_path)
     if not (folder / "metrics.json").exists():
