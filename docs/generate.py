@@ -224,6 +224,16 @@ def main() -> None:
             text = generate(name, PAGES[name], values, args.existing)
             (RESULTS / f"{name}.md").write_text(text)
             print(f"wrote docs/results/{name}.md")
+    write_index()
+
+
+def write_index() -> None:
+    """docs/results/index.md: every generated page there, by title."""
+    rows = [f"| [{PAGES[page.stem].title}]({page.name}) | `python docs/generate.py {page.stem}` |"
+            for page in sorted(RESULTS.glob("*.md")) if page.stem in PAGES]
+    (RESULTS / "index.md").write_text("\n".join([
+        "# Results", "", "Every page here is written by `docs/generate.py` from commands and run folders; each names the "
+        "command, the source commit and the date that produced it.", "", "| page | regenerate with |", "|---|---|", *rows, ""]))
 
 
 if __name__ == "__main__":

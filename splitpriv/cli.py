@@ -1,7 +1,9 @@
 """``splitpriv <command>``: the command-line front door.
 
 Each command is one module in ``splitpriv/commands/`` with ``HELP``, ``add_arguments(parser)``,
-``run(args) -> int`` and optionally ``FLAG_KEYS`` (config key -> the flags that set it).
+``run(args) -> int`` and optionally ``FLAG_KEYS`` (config key -> the flags that set it). Plugin files
+named by ``--plugin`` are imported before the parser is built, so that what they register (a defense's
+parameters, for one) has its flags.
 
 This is the one place where failures become exit codes: a problem with the user's input, files or
 saved state (:class:`SplitprivError`, or the file system's ``OSError``) prints one message naming
@@ -44,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP,
                                     formatter_class=_HelpFormatter)
         module.add_arguments(sub)
-        sub.set_defaults(handler=module.run, parser=sub, flag_keys=getattr(module, "FLAG_KEYS", {}))
+        sub.set_defaults(handler=module.run, parser=sub,
+                         flag_keys={**getattr(module, "FLAG_KEYS", {}), **(sub.get_default("flag_keys") or {})})
     return parser
 
 
@@ -61,8 +64,22 @@ def user_message(error: BaseException, argv: list[str], flag_keys: dict[str, str
     return str(error)
 
 
+def import_given_plugins(argv: list[str]) -> None:
+    """Import the files given with ``--plugin``, before the parser that shows what they register."""
+    from splitpriv.store import import_plugins
+
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--plugin", action="append", default=[])
+    import_plugins(early.parse_known_args(argv)[0].plugin)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        import_given_plugins(argv)
+    except SplitprivError as error:
+        print(f"splitpriv {argv[0] if argv else ''}: error: {error}".replace("  ", " "), file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from splitpriv.errors import ConfigError, DataFileError, DataNotFoundError, SplitprivError
+from splitpriv.registry import Registry
 
 DATA_ROOT_ENV = "SPLITPRIV_DATA"
 
@@ -73,7 +74,9 @@ class DatasetInfo:
 # ----------------------------------------------------------------------------- loaders
 
 Loader = Callable[[Path, bool, bool, "str | None"], ImageSet]
-_LOADERS: dict[str, Loader] = {}
+DATASETS = Registry("data set")  # name -> loader(root, train, download, path) -> ImageSet
+register_dataset = DATASETS.register
+
 _STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "mnist": ((0.1307,), (0.3081,)),
     "fashion_mnist": ((0.2860,), (0.3530,)),
@@ -83,26 +86,16 @@ _STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
-def register_dataset(name: str) -> Callable[[Loader], Loader]:
-    """Decorator: ``loader(root, train, download, path) -> ImageSet`` becomes data set ``name``."""
-
-    def decorate(loader: Loader) -> Loader:
-        _LOADERS[name] = loader
-        return loader
-
-    return decorate
-
-
 def available_datasets() -> list[str]:
-    return sorted(_LOADERS)
+    return DATASETS.names()
 
 
 def load_images(name: str, root: str | os.PathLike | None = None, train: bool = True,
                 download: bool = False, path: str | None = None, key: str = "data.dataset") -> ImageSet:
     """One split of a registered data set as uint8 images; ``key`` names the setting in errors."""
-    if not isinstance(name, str) or name not in _LOADERS:
+    if not isinstance(name, str) or name not in DATASETS:
         raise ConfigError(key, name, f"one of {available_datasets()}")
-    return _LOADERS[name](resolve_data_root(root), train, download, path)
+    return DATASETS[name](resolve_data_root(root), train, download, path)
 
 
 def _fixed_split(images: ImageSet, train: bool, test_fraction: float = 0.2) -> ImageSet:

@@ -21,37 +21,28 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torchvision
 from torch import nn
 
 from splitpriv.errors import ConfigError
+from splitpriv.registry import Registry
 
-ModelBuilder = Callable[[int, int, int], "SplitModel | nn.Sequential"]
-_REGISTRY: dict[str, ModelBuilder] = {}
-
-
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator: make ``builder(num_classes, in_channels, image_size)`` available as ``name``."""
-
-    def decorate(builder: ModelBuilder) -> ModelBuilder:
-        _REGISTRY[name] = builder
-        return builder
-
-    return decorate
+MODELS = Registry("model")  # name -> builder(num_classes, in_channels, image_size)
+register_model = MODELS.register
 
 
 def available_models() -> list[str]:
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def build_model(name: str, num_classes: int, in_channels: int, image_size: int) -> "SplitModel":
     """Build a registered model for images of shape (in_channels, image_size, image_size)."""
-    if name not in _REGISTRY:
+    if name not in MODELS:
         raise ConfigError("model.name", name, f"one of {available_models()} (or register your own)")
-    built = _REGISTRY[name](num_classes, in_channels, image_size)
+    built = MODELS[name](num_classes, in_channels, image_size)
     model = built if isinstance(built, SplitModel) else SplitModel.from_sequential(built)
     model.name = name
     return model

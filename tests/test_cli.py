@@ -101,3 +101,104 @@ def test_train_with_a_plugin_model(tmp_path, capsys):
 
     run = load_run(tmp_path / "runs" / "p")
     assert run.cut_name == "1" and run.metrics["activation_bytes_per_sample"] == 32 * 4
+
+
+PLUGIN_DEFENSE = '''
+import torch
+from splitpriv.defenses import Defense, register_defense
+from splitpriv.errors import ConfigError
+
+
+@register_defense
+class ScaledMessage(Defense):
+    """Multiplies the message by ``scale``; ``epochs`` only shows a name another flag already has."""
+
+    name = "scaled_message"
+    active_at_inference = True
+    parameter_help = {"scale": "factor applied to the message"}
+
+    def __init__(self, scale: float = 1.0, mode: str = "plain", epochs: int = 1, signed: bool = False):
+        super().__init__()
+        if not 0 < scale < 100:
+            raise ConfigError("scale", scale, "a number in (0, 100)")
+        self.scale, self.mode, self.epochs, self.signed = scale, mode, epochs, signed
+
+    def transform(self, message: torch.Tensor) -> torch.Tensor:
+        return message * self.scale
+
+    def config(self) -> dict:
+        return {"scale": self.scale, "mode": self.mode, "epochs": self.epochs, "signed": self.signed}
+'''
+
+
+def test_a_plugin_defense_gets_flags_for_its_parameters(tmp_path, capsys):
+    """No CLI edit: the plugin's __init__ parameters become flags, typed by their annotations; a name
+    another option already has is prefixed with the defense's."""
+    plugin = tmp_path / "scaled.py"
+    plugin.write_text(PLUGIN_DEFENSE)
+    with pytest.raises(SystemExit):
+        main(["train", "--plugin", str(plugin), "--help"])
+    help_text = capsys.readouterr().out
+    assert "--scale SCALE" in help_text and "scaled_message: factor applied to the message" in help_text
+    assert "--scaled-message-epochs" in help_text
+
+    code, output = run_cli(capsys, "train", "--plugin", str(plugin), "--defense", "scaled_message", "--scale", "0.5",
+                           "--mode", "loud", "--scaled-message-epochs", "3", "--signed", "true", "--epochs", "1",
+                           "--train-size", "200", "--out", str(tmp_path / "runs"), "--name", "s", "--no-progress")
+    assert code == 0, output
+    from splitpriv.runs import load_run
+    from splitpriv.store import import_plugins
+
+    import_plugins([str(plugin)])
+    run = load_run(tmp_path / "runs" / "s")
+    assert run.config.defenses == [{"name": "scaled_message", "scale": 0.5, "mode": "loud", "epochs": 3, "signed": True}]
+    assert run.defenses[0].scale == 0.5
+
+    code, output = run_cli(capsys, "train", "--plugin", str(plugin), "--defense", "scaled_message", "--scale", "500",
+                           "--out", str(tmp_path / "runs"), "--name", "bad", "--no-progress")
+    assert code == 2 and "--scale" in output and "(0, 100)" in output and "Traceback" not in output
+    code, output = run_cli(capsys, "train", "--plugin", str(plugin), "--defense", "dp_noise", "--scaled-message-epochs",
+                           "3", "--out", str(tmp_path / "runs"), "--name", "bad", "--no-progress")
+    assert code == 2 and "scaled_message" in output
+
+
+PLUGIN_ATTACK = '''
+import torch
+from splitpriv.attacks import Attack, register_attack
+
+
+@register_attack
+class ProxyMean(Attack):
+    """Answers every message with the mean proxy image, brightened by ``gain``: a floor for real attacks."""
+
+    name = "proxy_mean"
+    grants = frozenset({"proxy"})
+
+    def __init__(self, gain: float = 1.0):
+        self.gain = gain
+
+    def fit(self, target):
+        self.mean = target.proxy.images.mean(0)
+
+    def reconstruct(self, messages):
+        return (self.gain * self.mean).expand(len(messages), *self.mean.shape)
+
+    def config(self):
+        return {"gain": self.gain}
+'''
+
+
+def test_a_plugin_attack_runs_with_its_parameters_from_the_command_line(tmp_path, capsys):
+    plugin = tmp_path / "proxy_mean.py"
+    plugin.write_text(PLUGIN_ATTACK)
+    code, output = run_cli(capsys, "train", "--epochs", "1", "--train-size", "200", "--out", str(tmp_path / "runs"),
+                           "--name", "r", "--no-progress")
+    assert code == 0, output
+    code, output = run_cli(capsys, "attack", "--plugin", str(plugin), "--run", str(tmp_path / "runs" / "r"),
+                           "--attacks", "proxy_mean:gain=0.5", "--samples", "32", "--classifier-max-epochs", "1")
+    assert code == 0, output
+    import json
+
+    record = json.loads((tmp_path / "runs" / "r" / "attack.json").read_text())
+    assert record["attacks"]["proxy_mean"]["config"] == {"gain": 0.5}
+    assert record["worst_case"]["passive"]["mse_attack"] == "proxy_mean"

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from splitpriv.errors import ConfigError
-from splitpriv.models import _REGISTRY, SplitModel, build_model, register_model
+from splitpriv.models import MODELS, SplitModel, build_model, register_model
 
 # (model, in_channels, image_size): every built-in model on the input it is meant for
 BUILT_IN = [
@@ -14,7 +14,7 @@ BUILT_IN = [
 
 
 def test_every_built_in_model_is_covered():
-    built_in = {name for name, builder in _REGISTRY.items() if builder.__module__ == "splitpriv.models"}
+    built_in = {name for name, builder in MODELS.items() if builder.__module__ == "splitpriv.models"}
     assert {name for name, _, _ in BUILT_IN} == built_in
 
 

@@ -1,8 +1,8 @@
-"""Attacks on the message that crosses the cut. Adding one: a new module with an ``Attack``
-subclass and one line in ``ATTACKS`` below."""
+"""Attacks on the message that crosses the cut. Adding one: a module with an ``Attack`` subclass
+decorated with ``@register_attack``, imported below (or given as a ``--plugin`` file)."""
 from __future__ import annotations
 
-from splitpriv.attacks.base import Attack, AttackResult, AttackTarget, ProxyData, evaluate
+from splitpriv.attacks.base import ATTACKS, Attack, AttackResult, AttackTarget, ProxyData, evaluate, register_attack
 from splitpriv.attacks.decoder_inversion import DecoderInversion
 from splitpriv.attacks.noise_aware import NoiseAwareInversion
 from splitpriv.attacks.optimization_inversion import OptimizationInversion
@@ -10,19 +10,6 @@ from splitpriv.attacks.surrogate_client import SurrogateClientInversion
 from splitpriv.attacks.threat_models import THREAT_MODELS
 from splitpriv.config import build_registered
 from splitpriv.errors import ConfigError
-
-ATTACKS: dict[str, type[Attack]] = {
-    DecoderInversion.name: DecoderInversion,
-    NoiseAwareInversion.name: NoiseAwareInversion,
-    OptimizationInversion.name: OptimizationInversion,
-    SurrogateClientInversion.name: SurrogateClientInversion,
-}
-
-
-def register_attack(cls: type[Attack]) -> type[Attack]:
-    """Register an attack class under its ``name`` (also usable from a ``--plugin`` file)."""
-    ATTACKS[cls.name] = cls
-    return cls
 
 
 def default_attack_specs(randomized: bool, decoder_capacities: tuple[str, ...] = ("small", "large")) -> list[dict]:
@@ -48,4 +35,5 @@ def build_attacks(specs: list[dict]) -> list[Attack]:
 
 
 __all__ = ["ATTACKS", "Attack", "AttackResult", "AttackTarget", "ProxyData", "THREAT_MODELS", "build_attack",
-           "build_attacks", "default_attack_specs", "evaluate", "register_attack"]
+           "build_attacks", "default_attack_specs", "evaluate", "register_attack", "DecoderInversion",
+           "NoiseAwareInversion", "OptimizationInversion", "SurrogateClientInversion"]

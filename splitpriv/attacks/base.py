@@ -15,7 +15,7 @@ An :class:`Attack` declares its ``grants``; :func:`evaluate` hands it an :class:
 holding exactly those (the rest is ``None``) and the messages the server observed, fits it, and
 scores its reconstructions of the **private test set** from the messages the server observed for it.
 
-Adding an attack is one file with an ``Attack`` subclass plus one line in ``splitpriv/attacks/__init__.py``.
+Adding an attack is one file with an ``Attack`` subclass decorated with ``@register_attack``.
 """
 from __future__ import annotations
 
@@ -30,8 +30,13 @@ from torch import nn
 
 from splitpriv.attacks.metrics import reconstruction_metrics
 from splitpriv.defenses.base import NoiseModel
+from splitpriv.registry import Registry
 
 GRANTS = ("query", "weights", "architecture", "server", "proxy")
+
+
+ATTACKS = Registry("attack")  # name -> Attack subclass
+register_attack = ATTACKS.register
 
 
 @dataclass

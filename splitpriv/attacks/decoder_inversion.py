@@ -15,13 +15,14 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from splitpriv.attacks.base import Attack, AttackTarget, EarlyStopping, fit_with_early_stopping, holdout_split
+from splitpriv.attacks.base import Attack, AttackTarget, EarlyStopping, fit_with_early_stopping, holdout_split, register_attack
 from splitpriv.decoders import CAPACITIES, build_decoder
 from splitpriv.defenses.base import is_number
 from splitpriv.config import MAX_EPOCHS, is_int
 from splitpriv.errors import ConfigError
 
 
+@register_attack
 class DecoderInversion(Attack):
     name = "decoder_inversion"
     grants = frozenset({"query", "proxy"})

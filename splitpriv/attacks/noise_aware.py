@@ -8,9 +8,11 @@ deterministic defense every query is identical and this equals ``decoder_inversi
 """
 from __future__ import annotations
 
+from splitpriv.attacks.base import register_attack
 from splitpriv.attacks.decoder_inversion import DecoderInversion
 
 
+@register_attack
 class NoiseAwareInversion(DecoderInversion):
     name = "noise_aware"
     fresh_queries = True

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from splitpriv.attacks.base import Attack, AttackTarget
+from splitpriv.attacks.base import Attack, AttackTarget, register_attack
 from splitpriv.defenses.base import is_number
 from splitpriv.config import is_int
 from splitpriv.errors import ConfigError
@@ -34,6 +34,7 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
     return vertical + horizontal
 
 
+@register_attack
 class OptimizationInversion(Attack):
     name = "optimization_inversion"
     grants = frozenset({"weights"})

@@ -23,7 +23,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from splitpriv.attacks.base import Attack, AttackTarget, EarlyStopping, fit_with_early_stopping, holdout_split
+from splitpriv.attacks.base import Attack, AttackTarget, EarlyStopping, fit_with_early_stopping, holdout_split, register_attack
 from splitpriv.defenses.base import is_number
 from splitpriv.config import MAX_EPOCHS, is_int
 from splitpriv.decoders import CAPACITIES, build_decoder
@@ -44,6 +44,7 @@ def mmd2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean()
 
 
+@register_attack
 class SurrogateClientInversion(Attack):
     name = "surrogate_client"
     grants = frozenset({"architecture", "server", "proxy"})

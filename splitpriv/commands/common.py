@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import inspect
+import types
+import typing
+from dataclasses import dataclass
 
 from splitpriv.config import RunConfig, load_run_config
 from splitpriv.errors import SplitprivError
@@ -19,19 +23,6 @@ RUN_FLAGS = {
 }
 
 
-# flag destination -> parameter of the one defense named by --defense
-DEFENSE_FLAGS = ("weight", "capacity", "penalty", "ssim_threshold", "max_task_loss", "decoder_lr", "attacker_steps",
-                 "mechanism", "epsilon", "delta", "clip", "output_bound",
-                 "noise_multiplier", "target_epsilon", "max_grad_norm", "accountant")
-
-
-# config key -> the flag that sets it, so that an error names what the user typed
-FLAG_KEYS = {**{key: ("--" + dest.replace("_", "-"),) for dest, key in RUN_FLAGS.items()},
-             **{f"defenses[0].{name}": ("--" + name.replace("_", "-"),) for name in DEFENSE_FLAGS},
-             "defenses[0].name": ("--defense",), "plugins": ("--plugin",),
-             "training.client_optimizer.lr": ("--client-lr", "--lr"), "training.server_optimizer.lr": ("--server-lr", "--lr")}
-
-
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:
@@ -47,8 +38,69 @@ def cut_value(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def clip_value(text: str) -> float | str:
-    return text if text == "median" else float(text)
+@dataclass(frozen=True)
+class DefenseFlag:
+    """A command-line flag for a parameter of the registered defenses, derived from their ``__init__``."""
+
+    dest: str
+    flag: str  # --PARAMETER, or --DEFENSE-PARAMETER where --PARAMETER is another option's
+    parameter: str
+    defenses: tuple[str, ...]  # the defenses that take it
+
+
+def _value_parser(annotations: list) -> typing.Callable[[str], object]:
+    """argparse ``type`` for a parameter annotated ``annotations`` (one per defense that takes it)."""
+    kinds = []
+    for annotation in annotations:
+        options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+        kinds += [kind for kind in options if kind in (bool, int, float, str) and kind not in kinds]
+    kinds.sort(key=[bool, int, float, str].index)
+
+    def parse(text: str) -> object:
+        if bool in kinds and text.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return text.lower() in ("true", "yes", "1")
+        for kind in kinds:
+            if kind is not bool:
+                try:
+                    return kind(text)
+                except ValueError:
+                    continue
+        raise argparse.ArgumentTypeError(f"expected {' or '.join(k.__name__ for k in kinds) or 'a value'}, got {text!r}")
+
+    return parse
+
+
+def add_defense_arguments(parser: argparse.ArgumentParser) -> list[DefenseFlag]:
+    """``--defense NAME`` and one flag per parameter of every registered defense (plugins imported by
+    then included): a new defense's parameters are settable without editing the CLI."""
+    from splitpriv.defenses import DEFENSES
+
+    group = parser.add_argument_group("defense (one; several: a 'defenses:' list in --config)")
+    group.add_argument("--defense", help=f"{', '.join(sorted(DEFENSES))} (replaces the config's list)")
+    taken = set(parser._option_string_actions)
+    by_parameter: dict[str, list[tuple[str, inspect.Parameter, object, str | None]]] = {}
+    for name, cls in sorted(DEFENSES.items()):
+        hints = typing.get_type_hints(cls.__init__)
+        for parameter in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                continue
+            by_parameter.setdefault(parameter.name, []).append(
+                (name, parameter, hints.get(parameter.name, str), cls.parameter_help.get(parameter.name)))
+    flags = []
+    for parameter, takers in by_parameter.items():
+        plain = "--" + parameter.replace("_", "-")
+        groups = [takers] if plain not in taken else [[taker] for taker in takers]
+        for share in groups:
+            flag = plain if plain not in taken else f"--{share[0][0]}-{parameter}".replace("_", "-")
+            dest = flag[2:].replace("-", "_")
+            helps = {n: h or parameter.replace("_", " ") for n, _, _, h in share}
+            text = f"{', '.join(helps)}: {next(iter(helps.values()))}" if len(set(helps.values())) == 1 else \
+                "; ".join(f"{n}: {h}" for n, h in helps.items())
+            defaults = {repr(p.default) for _, p, _, _ in share if p.default not in (p.empty, None)}
+            default = f" (default {defaults.pop()})" if len(defaults) == 1 else ""
+            group.add_argument(flag, dest=dest, type=_value_parser([a for _, _, a, _ in share]), help=text + default)
+            flags.append(DefenseFlag(dest, flag, parameter, tuple(n for n, *_ in share)))
+    return flags
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,24 +127,6 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--server-lr", type=float, help="learning rate of the server optimizer only")
     training.add_argument("--seed", type=int, help="seed of data splits, weights and shuffles (default 0)")
     training.add_argument("--threads", type=positive_int, help="CPU threads for torch")
-    defense = parser.add_argument_group("defense (one; several: a 'defenses:' list in --config)")
-    defense.add_argument("--defense", help="distance_correlation, decoder_reconstruction, dp_noise, dp_sgd (replaces the config's list)")
-    defense.add_argument("--weight", type=float, help="distance_correlation / decoder_reconstruction: privacy term weight >= 0")
-    defense.add_argument("--capacity", help="decoder_reconstruction: simulated attacker size small, medium, large")
-    defense.add_argument("--penalty", help="decoder_reconstruction: mse (survey) or ssim (ResSFL)")
-    defense.add_argument("--ssim-threshold", type=float, help="decoder_reconstruction --penalty ssim: penalise SSIM above it")
-    defense.add_argument("--max-task-loss", type=float, help="decoder_reconstruction: skip the privacy term when CE exceeds it")
-    defense.add_argument("--decoder-lr", type=float, help="decoder_reconstruction: the simulated attacker's learning rate")
-    defense.add_argument("--attacker-steps", type=int, help="decoder_reconstruction: simulated attacker updates per client step")
-    defense.add_argument("--mechanism", help="dp_noise: laplace or gaussian")
-    defense.add_argument("--epsilon", type=float, help="dp_noise: privacy budget per query, > 0")
-    defense.add_argument("--delta", type=float, help="dp_noise (gaussian) / dp_sgd: delta in (0, 1)")
-    defense.add_argument("--clip", type=clip_value, help="dp_noise: clipping norm C > 0 or 'median' (calibrated on the private data)")
-    defense.add_argument("--output-bound", type=float, help="dp_noise: clamp the noisy message to [-bound, bound]")
-    defense.add_argument("--noise-multiplier", type=float, help="dp_sgd: noise std / max grad norm, > 0")
-    defense.add_argument("--target-epsilon", type=float, help="dp_sgd: spend at most this epsilon (instead of --noise-multiplier)")
-    defense.add_argument("--max-grad-norm", type=float, help="dp_sgd: per-sample gradient clipping norm")
-    defense.add_argument("--accountant", help="dp_sgd: rdp (default), prv or gdp")
     output = parser.add_argument_group("output")
     output.add_argument("--out", help="folder for run folders (default: runs)")
     output.add_argument("--name", help="run folder name (default: dataset-model-cut-seed)")
@@ -100,6 +134,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: offline unless wandb is configured with an API key")
     output.add_argument("--wandb-project", help="wandb project (default: splitpriv)")
     output.add_argument("--wandb-group", help="wandb group of the run(s)")
+    flags = add_defense_arguments(parser)
+    parser.set_defaults(defense_flags=flags, flag_keys=flag_keys(flags))
+
+
+def flag_keys(defense_flags: list[DefenseFlag]) -> dict[str, tuple[str, ...]]:
+    """Config key -> the flags that set it, so that an error names what the user typed."""
+    keys = {key: ("--" + dest.replace("_", "-"),) for dest, key in RUN_FLAGS.items()}
+    for flag in defense_flags:
+        keys[f"defenses[0].{flag.parameter}"] = keys.get(f"defenses[0].{flag.parameter}", ()) + (flag.flag,)
+    return keys | {"defenses[0].name": ("--defense",), "plugins": ("--plugin",),
+                   "training.client_optimizer.lr": ("--client-lr", "--lr"), "training.server_optimizer.lr": ("--server-lr", "--lr")}
 
 
 def run_overrides(args: argparse.Namespace) -> dict:
@@ -116,14 +161,16 @@ def defense_spec_from_args(args: argparse.Namespace) -> list[dict] | None:
     """``--defense NAME --epsilon 8 ...`` -> ``[{name: NAME, epsilon: 8, ...}]``; None without --defense.
 
     Parameters the named defense does not take are refused when the defense is built."""
-    given = {flag: getattr(args, flag) for flag in DEFENSE_FLAGS if getattr(args, flag, None) is not None}
+    given = [flag for flag in args.defense_flags if getattr(args, flag.dest, None) is not None]
     if getattr(args, "defense", None) is None:
         if given:
-            flag = "--" + next(iter(given)).replace("_", "-")
-            raise SplitprivError(f"{flag} sets a defense parameter: name the defense with --defense "
-                                 f"(e.g. --defense dp_noise {flag} ...)")
+            raise SplitprivError(f"{given[0].flag} sets a defense parameter: name the defense with --defense "
+                                 f"(e.g. --defense {given[0].defenses[0]} {given[0].flag} ...)")
         return None
-    return [{"name": args.defense, **given}]
+    for flag in given:
+        if flag.flag != "--" + flag.parameter.replace("_", "-") and args.defense not in flag.defenses:
+            raise SplitprivError(f"{flag.flag} sets a parameter of {', '.join(flag.defenses)}, not of --defense {args.defense}")
+    return [{"name": args.defense, **{flag.parameter: getattr(args, flag.dest) for flag in given}}]
 
 
 def config_from_args(args: argparse.Namespace, extra_overrides: dict | None = None) -> RunConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from splitpriv.commands.common import FLAG_KEYS, add_run_arguments, config_from_args  # noqa: F401  (FLAG_KEYS: the CLI's)
+from splitpriv.commands.common import add_run_arguments, config_from_args
 
 HELP = "train a split model at one cut (digits, small_cnn, a middle cut by default)"
 

@@ -15,7 +15,8 @@ private training data is known (``setup``). DP-SGD also replaces the private tra
 training ends (``teardown``); ``resumed`` hears that an interrupted training continues. All hooks
 are no-ops by default.
 
-Adding a defense is one file with a ``Defense`` subclass plus one line in ``splitpriv/defenses/__init__.py``.
+Adding a defense is one file with a ``Defense`` subclass registered by ``@register_defense``; its
+``__init__`` parameters become command-line flags (``splitpriv train --defense NAME --PARAMETER VALUE``).
 """
 from __future__ import annotations
 
@@ -27,8 +28,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from splitpriv.registry import Registry
+
 if TYPE_CHECKING:
     from splitpriv.training import SplitLearningModule
+
+
+DEFENSES = Registry("defense")  # name -> Defense subclass
+register_defense = DEFENSES.register
 
 
 @dataclass
@@ -71,6 +78,7 @@ class Defense(nn.Module):
     active_at_inference: ClassVar[bool] = False
     randomized: ClassVar[bool] = False  # a fresh draw per query (attacks then use a noise-aware attacker)
     parameter_units: ClassVar[dict[str, str]] = {}  # parameter -> what its value means, for tables (e.g. 'per message')
+    parameter_help: ClassVar[dict[str, str]] = {}  # parameter -> one line for its command-line flag's help
 
     # a copied or unpickled defense draws its own noise: two copies must never share a stream
     def __getstate__(self):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from splitpriv.defenses.base import Defense
+from splitpriv.defenses.base import Defense, register_defense
 from splitpriv.errors import ConfigError, RunStateError, SplitprivError
 
 FP32_BYTES = 4
@@ -41,6 +41,7 @@ def _per_sample(tensor: torch.Tensor) -> list[np.ndarray]:
     return [row.detach().cpu().numpy() for row in tensor]
 
 
+@register_defense
 class Quantize(Defense):
     """Quantise the message: ``fp16`` or affine ``bits``-bit integers.
 
@@ -55,6 +56,8 @@ class Quantize(Defense):
 
     name = "quantize"
     active_at_inference = True
+    parameter_help = {"bits": "bits per value of affine integer codes", "format": "int or fp16",
+                      "per_channel": "one scale per channel instead of per sample"}
 
     def __init__(self, bits: int | None = None, format: str = "int", per_channel: bool = False):
         super().__init__()
@@ -126,11 +129,13 @@ class Quantize(Defense):
         return {"bits": 16 if self.format == "fp16" else self.bits, "format": self.format, "per_channel": self.per_channel}
 
 
+@register_defense
 class TopK(Defense):
     """Keep the ``k`` largest-magnitude entries of each sample's message, zero the rest."""
 
     name = "topk"
     active_at_inference = True
+    parameter_help = {"k": "entries kept per sample"}
 
     def __init__(self, k: int = 64):
         super().__init__()
@@ -182,6 +187,7 @@ class TopK(Defense):
         return {"k": self.k}
 
 
+@register_defense
 class Bottleneck(Defense):
     """A learned bottleneck: encoder (client) to ``rate`` of the channels, decoder (server) back.
 
@@ -194,6 +200,7 @@ class Bottleneck(Defense):
 
     name = "bottleneck"
     active_at_inference = True
+    parameter_help = {"rate": "share of the channels (or features) the code keeps", "lr": "learning rate of the bottleneck"}
 
     def __init__(self, rate: float = 0.25, lr: float = 1e-3):
         super().__init__()

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from splitpriv.defenses.base import CutContext, Defense, StepMean, is_number
+from splitpriv.defenses.base import CutContext, Defense, StepMean, is_number, register_defense
 from splitpriv.decoders import CAPACITIES, build_decoder
 from splitpriv.errors import ConfigError
 from splitpriv.measures import ssim
@@ -36,11 +36,18 @@ from splitpriv.measures import ssim
 PENALTIES = ("mse", "ssim")
 
 
+@register_defense
 class DecoderReconstruction(Defense):
     """Alternating game against a simulated attacker decoder (its optimizer: Adam, ``decoder_lr``)."""
 
     name = "decoder_reconstruction"
     parameter_units = {"weight": "w_p / w_CE"}
+    parameter_help = {"weight": "privacy term weight w_p / w_CE, >= 0",
+                      "capacity": "simulated attacker size: small, medium, large, xlarge",
+                      "penalty": "mse (survey) or ssim (ResSFL)", "ssim_threshold": "penalty ssim: penalise SSIM above it",
+                      "max_task_loss": "skip the privacy term when the cross-entropy exceeds it",
+                      "decoder_lr": "the simulated attacker's learning rate",
+                      "attacker_steps": "simulated attacker updates per client step"}
 
     def __init__(self, weight: float = 1.0, capacity: str = "medium", penalty: str = "mse", ssim_threshold: float = 0.5,
                  max_task_loss: float | None = None, decoder_lr: float = 1e-3, attacker_steps: int = 1):

@@ -12,13 +12,14 @@ import logging
 
 import torch
 
-from splitpriv.defenses.base import CutContext, Defense, StepMean, is_number
+from splitpriv.defenses.base import CutContext, Defense, StepMean, is_number, register_defense
 from splitpriv.errors import ConfigError
 from splitpriv.measures import distance_correlation
 
 log = logging.getLogger("splitpriv")
 
 
+@register_defense
 class DistanceCorrelation(Defense):
     """NoPeek regulariser: adds ``weight * DCor(x, message)`` to the client's objective.
 
@@ -28,6 +29,7 @@ class DistanceCorrelation(Defense):
 
     name = "distance_correlation"
     parameter_units = {"weight": "w_dcor / w_CE"}
+    parameter_help = {"weight": "privacy term weight w_dcor / w_CE, >= 0"}
 
     def __init__(self, weight: float = 0.5):
         super().__init__()

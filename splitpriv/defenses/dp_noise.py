@@ -36,7 +36,7 @@ import math
 import torch
 
 from splitpriv.defenses.accounting import composed_epsilon
-from splitpriv.defenses.base import Defense, NoiseModel, is_number, private_generator
+from splitpriv.defenses.base import Defense, NoiseModel, is_number, private_generator, register_defense
 from splitpriv.errors import ConfigError
 
 MECHANISMS = ("laplace", "gaussian")
@@ -81,6 +81,7 @@ def clip_per_sample(message: torch.Tensor, clip: torch.Tensor | float, norm: flo
     return message / scale.view(-1, *([1] * (message.dim() - 1)))
 
 
+@register_defense
 class DPNoise(Defense):
     """Per-sample clipping then Laplace or Gaussian noise on every message, at training and inference.
 
@@ -102,6 +103,13 @@ class DPNoise(Defense):
     active_at_inference = True
     randomized = True
     parameter_units = {"epsilon": "per message", "delta": "per message", "clip": "C"}
+    parameter_help = {"mechanism": "laplace or gaussian", "epsilon": "privacy budget per message, > 0",
+                      "delta": "delta per message in (0, 1), gaussian only",
+                      "clip": "clipping norm C > 0, or 'median' (calibrated on the private data)",
+                      "output_bound": "clamp the noisy message to [-bound, bound]",
+                      "inference_releases": "messages released per sample after training (for per-sample epsilon)",
+                      "accounting_delta": "delta of the per-sample epsilon over every release",
+                      "noise_seed": "fix the noise generator (reproducible runs only: never share it)"}
 
     def __init__(self, mechanism: str = "laplace", epsilon: float = 8.0, delta: float = 1e-5,
                  clip: float | str = "median", output_bound: float | None = None, inference_releases: int = 1,

@@ -45,7 +45,7 @@ from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 
-from splitpriv.defenses.base import Defense, is_number, private_generator
+from splitpriv.defenses.base import Defense, is_number, private_generator, register_defense
 from splitpriv.errors import ConfigError, SplitprivError
 
 log = logging.getLogger("splitpriv")
@@ -53,6 +53,7 @@ ACCOUNTANTS = ("rdp", "prv", "gdp")
 MIN_NOISE_MULTIPLIER = 0.1  # about 1e4 spent epsilon already for 1,000 steps at q = 0.03 (RDP)
 
 
+@register_defense
 class DPSGD(Defense):
     """Opacus DP-SGD for the client's optimizer; spent epsilon in the metrics every epoch.
 
@@ -68,6 +69,11 @@ class DPSGD(Defense):
     name = "dp_sgd"
     parameter_units = {"target_epsilon": "per sample, whole training", "noise_multiplier": "sigma / C",
                        "max_grad_norm": "C"}
+    parameter_help = {"noise_multiplier": "noise std / max grad norm, > 0",
+                      "target_epsilon": "spend at most this epsilon (instead of --noise-multiplier)",
+                      "max_grad_norm": "per-sample gradient clipping norm", "delta": "delta per sample in (0, 1)",
+                      "accountant": "rdp, prv or gdp",
+                      "noise_seed": "fix the noise and sampling generator (reproducible runs only)"}
 
     def __init__(self, noise_multiplier: float | None = None, target_epsilon: float | None = None,
                  max_grad_norm: float = 1.0, delta: float = 1e-5, accountant: str = "rdp", noise_seed: int | None = None):
