@@ -72,12 +72,12 @@ PAGES = {
         metrics=["test_accuracy", "worst_mse_white_box", "worst_ssim_white_box", "recognisable_share_white_box"]),
     "reproduce-nopeek": Page(
         "Reproduction: NoPeek on MNIST (Vepakomma et al. 2020; Titcombe et al. 2021)",
-        "`experiments/reproduce/nopeek_mnist.yaml`: NoPeek weights 0 to 0.5 at the MNIST CNN's `pool` cut, the "
-        "black-box decoder and the passive surrogate-client attack; mean ± standard deviation over three seeds.",
+        "`experiments/reproduce/nopeek_mnist.yaml`: NoPeek weights 0, 0.1 and 0.5 at the MNIST CNN's `pool` cut, "
+        "the black-box decoder; mean ± standard deviation over three seeds.",
         sweep="splitpriv sweep --config experiments/reproduce/nopeek_mnist.yaml --data-root {data_root} --out {out}",
         sweep_folder="reproduce-nopeek-mnist", cheap=False,
         metrics=["test_accuracy", "dcor_sq_bias_corrected", "worst_mse_black_box", "worst_ssim_black_box",
-                 "worst_mse_passive", "reconstruction_classifier_accuracy_black_box"]),
+                 "recognisable_share_black_box", "reconstruction_classifier_accuracy_black_box"]),
     "reproduce-ressfl": Page(
         "Reproduction: ResSFL at CPU scale (Fashion-MNIST)",
         "`experiments/reproduce/ressfl_fmnist.yaml`: attacker-aware training with the SSIM-hinged term and a learned "
