@@ -22,7 +22,7 @@ from splitpriv.attacks.base import AttackResult, AttackTarget, ProxyData, evalua
 from splitpriv.attacks.metrics import LEAKAGE_METRICS, message_dcor, worst_case
 from splitpriv.attacks.semantic import classifier_accuracy, fit_proxy_classifier
 from splitpriv.attacks.threat_models import THREAT_MODELS
-from splitpriv.defenses.base import NoiseModel
+from splitpriv.cut import MessageTransform, NoiseModel
 from splitpriv.config import POSITIVE_INT, check
 from splitpriv.decoders import CAPACITIES
 from splitpriv.data import ImageSet, load_images, match_shape
@@ -121,18 +121,19 @@ def deployed_target(run, proxy: ProxyData, seed: int, observed_samples: int = 10
         return build_module(config, info.num_classes, info.in_channels, info.image_size).client
 
     message_shape = tuple(query(proxy.inputs[:2]).shape[1:])
-    randomized = any(d.randomized and d.active_at_inference for d in module.defenses)
+    deployed = module.active_transforms(training=False)
+    randomized = any(t.randomized for t in deployed)
     training_inputs = run.data.dataset("private_train").tensors[0]
     observed = query(training_inputs[:observed_samples])
     return AttackTarget(run.data.info.input_shape, message_shape, run.data.normalize, randomized, seed, query,
-                        client, deployed_noise(module.defenses), proxy, architecture, module.server, observed,
+                        client, deployed_noise(deployed), proxy, architecture, module.server, observed,
                         run.data.info.num_classes)
 
 
-def deployed_noise(defenses) -> NoiseModel | None:
-    """The noise the deployed client adds to its message: one randomised defense's own model; several
-    are summed as one Gaussian of their total variance (Laplace(b): 2 b²), an approximation."""
-    models = [d.noise_model() for d in defenses if d.active_at_inference and d.noise_model() is not None]
+def deployed_noise(transforms: list[MessageTransform]) -> NoiseModel | None:
+    """The noise the deployed ``transforms`` add to the message: one randomised transform's own model;
+    several are summed as one Gaussian of their total variance (Laplace(b): 2 b²), an approximation."""
+    models = [t.noise_model() for t in transforms if t.noise_model() is not None]
     if len(models) <= 1:
         return models[0] if models else None
     variance = sum(2 * m.scale ** 2 if m.family == "laplace" else m.scale ** 2 for m in models)
@@ -190,9 +191,9 @@ def run_attacks(run, settings: AttackSettings | None = None, *, out_dir: str | P
     record = {
         "run": str(run.path), "dataset": run.config.data.dataset, "model": run.config.model.name,
         "cut_layer": run.cut_layer, "cut_name": run.cut_name,
-        "defenses": [{"name": d.name, **d.config()} for d in run.defenses],
+        **run.module.pipeline_record(),
         "observation": {
-            "server": "observes one message per private test image, as deployed (defenses active at inference "
+            "server": "observes one message per private test image, as deployed (transforms active at inference "
                       "applied, fresh noise per query), and the messages of private training images in training",
             "randomized_defense": target.randomized,
             "observed_training_messages": len(target.observed),

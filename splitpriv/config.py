@@ -13,22 +13,18 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from splitpriv.data import DataConfig
 from splitpriv.errors import ConfigError, SplitprivError
+from splitpriv.fields import NON_NEGATIVE, POSITIVE, POSITIVE_INT, check, flag, flag_prefix, one_of
 
-Check = tuple[Callable[[Any], bool], str]
+__all__ = ["RunConfig", "OptimizerConfig", "ModelConfig", "TrainingConfig", "WandbConfig", "ExitsConfig", "ConfigFlag",
+           "config_flags", "from_dict", "load_run_config", "load_yaml", "build_registered", "check", "one_of",
+           "POSITIVE", "POSITIVE_INT", "NON_NEGATIVE", "SAFE_NAME", "MAX_EPOCHS", "is_int", "is_safe_name"]
 
-
-def check(predicate: Callable[[Any], bool], allowed: str) -> dict:
-    """Field metadata: the value must satisfy ``predicate``; ``allowed`` says what passes."""
-    return {"check": (predicate, allowed)}
-
-
-POSITIVE_INT = check(lambda v: v is None or v >= 1, "an integer >= 1")
 MAX_EPOCHS = 100_000  # beyond this a run is a typo, not an experiment
 EPOCHS = check(lambda v: 1 <= v <= MAX_EPOCHS, f"an integer in [1, {MAX_EPOCHS:,}]")
 NAME_PATTERN = re.compile(r"[\w+-][\w.+-]{0,199}")
@@ -47,56 +43,41 @@ def is_safe_name(value: str | None) -> bool:
 
 SAFE_NAME = check(is_safe_name, "a folder name of letters, digits, '_', '-', '+' and '.', not starting with '.' "
                                 "(no '/', no '..': a name stays inside its output folder)")
-NON_NEGATIVE = check(lambda v: v >= 0, "a number >= 0")
-POSITIVE = check(lambda v: v > 0, "a number > 0")
-FRACTION = check(lambda v: 0 <= v < 1, "a fraction in [0, 1)")
-
-
-def one_of(*choices: str) -> dict:
-    return check(lambda v: v is None or v in choices, f"one of {list(choices)}")
-
-
-# The data set's fields are declared in splitpriv.data; their ranges live here.
-DATA_CHECKS: dict[str, Check] = {
-    "val_fraction": FRACTION["check"],
-    "proxy_fraction": check(lambda v: 0 < v < 1, "a fraction in (0, 1)")["check"],
-    "proxy_split": one_of("train", "test")["check"],
-    "proxy_size": POSITIVE_INT["check"],
-    "train_size": POSITIVE_INT["check"],
-    "test_size": POSITIVE_INT["check"],
-}
 
 
 @dataclass
 class OptimizerConfig:
     name: str = field(default="adam", metadata=one_of("adam", "adamw", "sgd"))
-    lr: float = field(default=1e-3, metadata=check(lambda v: 0 < v <= 1e3, "a number in (0, 1000]"))
+    lr: float = field(default=1e-3, metadata={**check(lambda v: 0 < v <= 1e3, "a number in (0, 1000]"),
+                                              **flag("learning rate")})
     weight_decay: float = field(default=0.0, metadata=NON_NEGATIVE)
     momentum: float = field(default=0.9, metadata=check(lambda v: 0 <= v < 1, "a number in [0, 1)"))
 
 
 @dataclass
 class ModelConfig:
-    name: str = "small_cnn"
-    cut_layer: int | str | None = None  # index or block name; None: a middle cut
+    name: str = field(default="small_cnn", metadata=flag(
+        "a registered model: small_cnn, mlp, vgg11, vgg16, resnet18, or a --plugin's", "model"))
+    cut_layer: int | str | None = field(default=None, metadata=flag("cut index or block name; none: a middle cut"))
 
 
 @dataclass
 class TrainingConfig:
-    epochs: int = field(default=15, metadata=EPOCHS)
-    batch_size: int = field(default=64, metadata=POSITIVE_INT)
-    client_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    server_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    epochs: int = field(default=15, metadata={**EPOCHS, **flag("training epochs")})
+    batch_size: int = field(default=64, metadata={**POSITIVE_INT, **flag("samples per step")})
+    client_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig, metadata=flag_prefix("client-"))
+    server_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig, metadata=flag_prefix("server-"))
     accelerator: str = field(default="cpu", metadata=one_of("cpu", "gpu", "auto"))
-    num_threads: int | None = field(default=None, metadata=POSITIVE_INT)
+    num_threads: int | None = field(default=None, metadata={**POSITIVE_INT, **flag("CPU threads for torch", "threads")})
     progress_bar: bool = True
 
 
 @dataclass
 class WandbConfig:
-    mode: str | None = field(default=None, metadata=one_of("online", "offline", "disabled"))
-    project: str = "splitpriv"
-    group: str | None = None
+    mode: str | None = field(default=None, metadata={**one_of("online", "offline", "disabled"), **flag(
+        "wandb mode; none: offline unless wandb is configured with an API key")})
+    project: str = field(default="splitpriv", metadata=flag("wandb project"))
+    group: str | None = field(default=None, metadata=flag("wandb group of the run(s)"))
     tags: list[str] = field(default_factory=list)
     save_requirements: bool = True  # the installed pip packages, in each run (a sweep: in its summary run only)
 
@@ -114,16 +95,19 @@ class ExitsConfig:
 
 @dataclass
 class RunConfig:
-    name: str | None = field(default=None, metadata=SAFE_NAME)  # run folder name; None: from data set, model, cut, seed
-    out: str = "runs"
-    seed: int = field(default=0, metadata=check(lambda v: v >= 0, "an integer >= 0"))
-    plugins: list[str] = field(default_factory=list)  # python files that register models, defenses, attacks
+    name: str | None = field(default=None, metadata={**SAFE_NAME, **flag("run folder name; none: dataset-model-cut-seed")})
+    out: str = field(default="runs", metadata=flag("folder for run folders"))
+    seed: int = field(default=0, metadata={**check(lambda v: v >= 0, "an integer >= 0"),
+                                           **flag("seed of data splits, weights and shuffles")})
+    plugins: list[str] = field(default_factory=list, metadata=flag(
+        "python file registering models, data sets, defenses, transforms or attacks (repeatable)", "plugin"))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
-    defenses: list[dict] = field(default_factory=list)
+    defenses: list[dict] = field(default_factory=list)  # privacy defenses, in order
+    transforms: list[dict] = field(default_factory=list)  # compressions of the message, after the defenses
     exits: ExitsConfig = field(default_factory=ExitsConfig)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig, metadata=flag_prefix("wandb-"))
 
     def run_name(self) -> str:
         return self.name or f"{self.data.dataset}-{self.model.name}-cut{self.model.cut_layer}-seed{self.seed}"
@@ -183,7 +167,7 @@ def _type_name(annotation: Any) -> str:
     return "null" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
 
 
-def from_dict(cls: type, values: dict | None, prefix: str = "", extra_checks: dict[str, Check] | None = None):
+def from_dict(cls: type, values: dict | None, prefix: str = ""):
     """Build dataclass ``cls`` from a nested dict, refusing unknown keys and wrong types."""
     values = values or {}
     if not isinstance(values, dict):
@@ -198,19 +182,53 @@ def from_dict(cls: type, values: dict | None, prefix: str = "", extra_checks: di
     for name, value in values.items():
         key, annotation = prefix + name, hints[name]
         if dataclasses.is_dataclass(annotation):
-            nested_checks = DATA_CHECKS if annotation is DataConfig else None
-            kwargs[name] = from_dict(annotation, value, key + ".", nested_checks)
+            kwargs[name] = from_dict(annotation, value, key + ".")
             continue
         check_finite(value, key)
         if not _type_ok(value, annotation):
             raise ConfigError(key, value, _type_name(annotation))
         if annotation is float or annotation == (float | None):
             value = float(value) if value is not None else None
-        rule = fields[name].metadata.get("check") or (extra_checks or {}).get(name)
+        rule = fields[name].metadata.get("check")
         if rule and value is not None and not rule[0](value):
             raise ConfigError(key, value, rule[1])
         kwargs[name] = value
     return cls(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigFlag:
+    """A command-line flag of a config field (see :func:`splitpriv.fields.flag`)."""
+
+    key: str  # dotted config key, e.g. training.client_optimizer.lr
+    flag: str  # e.g. --client-lr
+    annotation: Any
+    default: Any
+    help: str
+    allowed: str | None  # what the field's check accepts
+    choices: tuple | None
+
+    @property
+    def dest(self) -> str:
+        return self.flag[2:].replace("-", "_")
+
+
+def config_flags(cls: type, prefix: str = "", flag_prefix: str = "") -> list[ConfigFlag]:
+    """The flags of config class ``cls`` and its nested config classes, in field order: those fields
+    whose metadata names a flag (:func:`splitpriv.fields.flag`)."""
+    hints = typing.get_type_hints(cls)
+    flags = []
+    for item in dataclasses.fields(cls):
+        annotation = hints[item.name]
+        if dataclasses.is_dataclass(annotation):
+            flags += config_flags(annotation, f"{prefix}{item.name}.", flag_prefix + item.metadata.get("flag_prefix", ""))
+        elif "help" in item.metadata:
+            name = item.metadata.get("flag") or flag_prefix + item.name.replace("_", "-")
+            default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
+            rule = item.metadata.get("check")
+            flags.append(ConfigFlag(prefix + item.name, "--" + name, annotation, default, item.metadata["help"],
+                                    rule[1] if rule else None, item.metadata.get("choices")))
+    return flags
 
 
 def load_yaml(path: str | Path, what: str = "config file") -> dict:
@@ -257,7 +275,7 @@ def load_run_config(path: str | Path | None = None, overrides: dict | None = Non
 
 
 def build_registered(registry: dict[str, type], spec: Any, key: str, example: str):
-    """``{name: ..., **params}`` -> ``registry[name](**params)``, for defenses and attacks alike.
+    """``{name: ..., **params}`` -> ``registry[name](**params)``, for defenses, transforms and attacks alike.
 
     Unknown names and parameters, and a class's own ConfigErrors, come back named after ``key``."""
     if not isinstance(spec, dict) or "name" not in spec:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from splitpriv.errors import ConfigError, DataFileError, DataNotFoundError, SplitprivError
+from splitpriv.fields import FRACTION, OPEN_FRACTION, POSITIVE_INT, flag, one_of
 from splitpriv.registry import Registry
 
 DATA_ROOT_ENV = "SPLITPRIV_DATA"
@@ -347,17 +348,20 @@ def match_shape(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
 class DataConfig:
     """Which data and how it is divided among the three roles (validated in ``splitpriv.config``)."""
 
-    dataset: str = "digits"
-    root: str | None = None
-    path: str | None = None
-    download: bool = False
-    val_fraction: float = 0.1
-    proxy_dataset: str | None = None  # None: a held-out slice of the private data set
-    proxy_split: str = "train"
-    proxy_fraction: float = 0.2
-    proxy_size: int | None = None
-    train_size: int | None = None
-    test_size: int | None = None
+    dataset: str = field(default="digits", metadata=flag(
+        "a registered data set: digits (embedded), mnist, fashion_mnist, kmnist, cifar10, cifar100, npz, or a --plugin's"))
+    root: str | None = field(default=None, metadata=flag("folder holding the data sets; none: $SPLITPRIV_DATA, else ./data",
+                                                          "data-root"))
+    path: str | None = field(default=None, metadata=flag("the .npz file for --dataset npz", "data-path"))
+    download: bool = field(default=False, metadata=flag("download torchvision data sets if missing"))
+    val_fraction: float = field(default=0.1, metadata=FRACTION)
+    proxy_dataset: str | None = field(default=None, metadata=flag(
+        "the attacker's proxy data set; none: a held-out slice of --dataset"))
+    proxy_split: str = field(default="train", metadata=one_of("train", "test"))
+    proxy_fraction: float = field(default=0.2, metadata={**OPEN_FRACTION, **flag("share of the training split held out as proxy data")})
+    proxy_size: int | None = field(default=None, metadata={**POSITIVE_INT, **flag("at most this many proxy images")})
+    train_size: int | None = field(default=None, metadata={**POSITIVE_INT, **flag("at most this many private training images")})
+    test_size: int | None = field(default=None, metadata={**POSITIVE_INT, **flag("at most this many private test images")})
 
 
 @dataclass

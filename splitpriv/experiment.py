@@ -14,13 +14,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from splitpriv import defenses as defense_registry
 from splitpriv.checkpointing import ContinuedCSVLogger, EpochCheckpoint
 from splitpriv.config import RunConfig
 from splitpriv.data import SplitData, make_splits
 from splitpriv.errors import ConfigError, RunStateError, SplitprivError, TrainingInterrupted
 from splitpriv.provenance import provenance
-from splitpriv.runs import Run, build_module
+from splitpriv.runs import Run, build_cut_pipeline, build_module
 from splitpriv.store import CHECKPOINT, CONFIG_FILE, METRICS_FILE, RUN_MARKER, atomic_write_json, atomic_write_text, atomic_write_yaml, import_plugins, read_checkpoint
 from splitpriv.tracking import make_wandb_logger
 from splitpriv.training import SplitLearningModule
@@ -126,7 +125,7 @@ def _resolved(module: SplitLearningModule, data: SplitData) -> dict:
         "cut_name": module.cut_name,
         "dataset_info": dataclasses.asdict(data.info),
         "data_splits": data.description,
-        "defenses": [{"name": d.name, **d.config()} for d in module.defenses],
+        **module.pipeline_record(),
         "provenance": {**provenance(), "lightning": str(L.__version__)},
     }
 
@@ -145,7 +144,7 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
     import_plugins(cfg.plugins)
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
-    defense_registry.build_defenses(cfg.defenses)  # invalid defense parameters fail before any data is loaded
+    build_cut_pipeline(cfg)  # invalid defense or transform parameters fail before any data is loaded
     data = data or make_splits(cfg.data, cfg.seed)
     module = build_module(cfg, data.info.num_classes, data.info.in_channels, data.info.image_size)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, cut_layer=module.cut_layer))
@@ -153,16 +152,16 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
     checkpoint = run_dir / CHECKPOINT
     first_epoch = _resumable(module, checkpoint) if resume else 0
     module.resuming_interrupted_run = resume and not (run_dir / METRICS_FILE).exists()
-    for defense in module.defenses:
-        defense.setup(module, data.dataset("private_train"))
+    for component in module.cut_pipeline:
+        component.setup(module, data.dataset("private_train"))
 
     config_record = {**cfg.to_dict(), "name": run_dir.name, "resolved": _resolved(module, data)}
     if not resume:  # a resumed run's folder changes only once its new state is known good
         _create_run_folder(run_dir)
         atomic_write_yaml(run_dir / CONFIG_FILE, config_record)
     train_loader, val_loader, test_loader = loaders(data, cfg.training.batch_size, cfg.seed)
-    for defense in module.defenses:
-        train_loader = defense.train_loader(train_loader)
+    for component in module.cut_pipeline:
+        train_loader = component.train_loader(train_loader)
     loggers = [ContinuedCSVLogger(str(run_dir), first_epoch=first_epoch, name="logs", version="")]
     wandb_logger = make_wandb_logger(cfg.wandb, run_dir, run_dir.name, job_type="train",
                                       config={**_wandb_config(cfg, module), **(tracking or {})})
@@ -202,8 +201,7 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
         "cut_layer": module.cut_layer,
         "cut_name": module.cut_name,
     }
-    for defense in module.defenses:
-        metrics.update({f"{defense.name}/{k}": float(v) for k, v in defense.metrics().items()})
+    metrics.update(module.component_metrics())
     metrics.update({k: float(v) for k, v in tested.items() if k.startswith("test_exit_")})  # internal classifiers
     # the resolved defense settings (e.g. a calibrated clip) are known only after training starts
     config_record["resolved"] = _resolved(module, data)

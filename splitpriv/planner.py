@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 
 from splitpriv.attacks.threat_models import THREAT_MODELS
 from splitpriv.catalogue import Catalogue, Device
-from splitpriv.defenses.compression import measured_message
+from splitpriv.transforms.compression import measured_message
 from splitpriv.config import NON_NEGATIVE, POSITIVE_INT, check, from_dict, load_yaml, set_dotted
 from splitpriv.cost import OPTIONAL_FRACTION, faas_price_per_s, iaas_price_per_s
 from splitpriv.errors import ConfigError, SplitprivError

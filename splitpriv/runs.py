@@ -13,27 +13,42 @@ import lightning as L
 import torch
 from torch import nn
 
-from splitpriv import defenses as defense_registry
 from splitpriv.config import RunConfig
+from splitpriv.cut import CutComponent
+from splitpriv.defenses import DEFENSES, build_defenses
 from splitpriv.data import make_splits
-from splitpriv.errors import RunStateError, SplitprivError
+from splitpriv.errors import ConfigError, RunStateError, SplitprivError
 from splitpriv.exits import build_exits
 from splitpriv.models import build_model
 from splitpriv.store import CHECKPOINT, CONFIG_FILE, read_checkpoint, read_metrics, read_run_config, require_trusted_plugins
 from splitpriv.training import SplitLearningModule, bytes_per_sample
+from splitpriv.transforms import TRANSFORMS, build_transforms
 
 
 def build_module(cfg: RunConfig, num_classes: int, in_channels: int, image_size: int) -> SplitLearningModule:
-    """The split model, its cut and its defenses, seeded so the same config gives the same weights."""
-    defenses = defense_registry.build_defenses(cfg.defenses)
+    """The split model, its cut and its cut pipeline, seeded so the same config gives the same weights."""
+    cut_pipeline = build_cut_pipeline(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_model(cfg.model.name, num_classes, in_channels, image_size)
     cut = model.default_cut() if cfg.model.cut_layer is None else model.cut_index(cfg.model.cut_layer)
     exits = build_exits(model, cfg.exits, num_classes, (in_channels, image_size, image_size)) if cfg.exits.at else (None, None)
-    module = SplitLearningModule(model, cut, num_classes, cfg.training.client_optimizer, cfg.training.server_optimizer, defenses, *exits)
-    for defense in module.defenses:
-        defense.build(module, (in_channels, image_size, image_size))
+    module = SplitLearningModule(model, cut, num_classes, cfg.training.client_optimizer, cfg.training.server_optimizer, cut_pipeline, *exits)
+    for component in module.cut_pipeline:
+        component.build(module, (in_channels, image_size, image_size))
     return module
+
+
+def build_cut_pipeline(cfg: RunConfig) -> list[CutComponent]:
+    """The run's defenses, then its transforms; a component listed under the other key is refused
+    with the key it belongs under."""
+    for key, specs, other_key, other in (("defenses", cfg.defenses, "transforms", TRANSFORMS),
+                                        ("transforms", cfg.transforms, "defenses", DEFENSES)):
+        for i, spec in enumerate(specs):
+            name = spec.get("name") if isinstance(spec, dict) else None
+            if isinstance(name, str) and name in other:
+                raise ConfigError(f"{key}[{i}].name", name, f"a name under '{key}'; {name} belongs under '{other_key}:' "
+                                  f"(defenses protect privacy, transforms such as compressions shape the message)")
+    return [*build_defenses(cfg.defenses), *build_transforms(cfg.transforms)]
 
 
 @dataclass
@@ -60,8 +75,14 @@ class Run:
         return self.module.server
 
     @property
-    def defenses(self):
-        return list(self.module.defenses)
+    def defenses(self) -> list:
+        """The run's privacy defenses (without its compressions)."""
+        return self.module.defenses
+
+    @property
+    def cut_pipeline(self) -> list[CutComponent]:
+        """The run's defenses, then its transforms."""
+        return list(self.module.cut_pipeline)
 
     @property
     def cut_layer(self) -> int:
@@ -87,7 +108,7 @@ class Run:
 
     @torch.no_grad()
     def send(self, inputs: torch.Tensor, training: bool = False) -> torch.Tensor:
-        """The message the server receives for ``inputs``, as deployed (defenses active at inference)."""
+        """The message the server receives for ``inputs``, as deployed (transforms active at inference)."""
         return self.module.send(inputs, training=training)[1]
 
     def recut(self, cut_layer: int | str) -> "Run":
@@ -95,11 +116,11 @@ class Run:
 
         An undefended network computes the same function wherever it is cut, so one training
         serves every cut: accuracy is unchanged, the message (and its size) is the new cut's.
-        A defended run cannot be recut: its defenses were trained for, and act at, its own cut.
+        A run with defenses or transforms cannot be recut: they were trained for, and act at, its own cut.
         """
-        if self.defenses:
-            raise SplitprivError(f"run {self.path} has defenses ({', '.join(d.name for d in self.defenses)}) trained "
-                                 f"at cut {self.cut_layer}; only an undefended run can be recut")
+        if self.cut_pipeline:
+            raise SplitprivError(f"run {self.path} has defenses or transforms ({', '.join(c.name for c in self.cut_pipeline)}) "
+                                 f"trained at cut {self.cut_layer}; only an undefended, uncompressed run can be recut")
         old = self.module
         module = SplitLearningModule(self.model, cut_layer, self.data.info.num_classes, old.client_optimizer_cfg,
                                      old.server_optimizer_cfg, exit_heads=nn.ModuleDict({**old.client_exits, **old.server_exits}),

@@ -26,8 +26,10 @@ from splitpriv.attack_suite import AttackSettings, run_attacks
 from splitpriv.attacks.semantic import fit_proxy_classifier
 from splitpriv.attack_suite import GRID_FILE, load_proxy
 from splitpriv.attacks.threat_models import THREAT_MODELS
-from splitpriv.defenses import build_defense, build_defenses
+from splitpriv.defenses import build_defenses
+from splitpriv.transforms import build_transform
 from splitpriv.config import SAFE_NAME, ExitsConfig, RunConfig, WandbConfig, check, from_dict, load_yaml
+from splitpriv.fields import flag, flag_prefix
 from splitpriv.data import make_splits
 from splitpriv.errors import ConfigError, RunStateError, SplitprivError
 from splitpriv.experiment import quiet_lightning, train
@@ -85,8 +87,9 @@ DEFAULT_SWEEP_ATTACK = {"samples": 128}
 
 @dataclass
 class SweepConfig:
-    name: str | None = field(default=None, metadata=SAFE_NAME)  # sweep folder under ``out`` and wandb group; None: <dataset>-<model>-sweep
-    out: str = "runs"
+    name: str | None = field(default=None, metadata={**SAFE_NAME, **flag(
+        "sweep folder name and wandb group; none: <dataset>-<model>-sweep")})
+    out: str = field(default="runs", metadata=flag("parent folder of the sweep folder"))
     dataset: str = "digits"
     model: str = "small_cnn"
     cuts: list | str = "all"  # cut indices or names, or "all"
@@ -95,8 +98,9 @@ class SweepConfig:
     data: dict = field(default_factory=dict)  # DataConfig fields but 'dataset' (e.g. root, proxy_fraction)
     training: dict = field(default_factory=dict)  # TrainingConfig fields (e.g. epochs)
     attack: AttackSettings = field(default_factory=lambda: AttackSettings(**DEFAULT_SWEEP_ATTACK))
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    workers: int = field(default=2, metadata=check(lambda v: 1 <= v <= 256, "an integer in [1, 256]"))  # parallel processes
+    wandb: WandbConfig = field(default_factory=WandbConfig, metadata=flag_prefix("wandb-"))
+    workers: int = field(default=2, metadata={**check(lambda v: 1 <= v <= 256, "an integer in [1, 256]"),
+                                              **flag("cells run in parallel processes")})
     plugins: list[str] = field(default_factory=list)
     # adaptations at the cut, crossed with every defense setting: compressions of the message
     # ({name: none} = fp32) and early-exit configurations ({} = none; an exit model is attacked
@@ -117,11 +121,17 @@ class Cell:
     defense: str
     strength: float | None
     seed: int
-    defense_specs: list[dict]  # the defense's, then the compression's
+    defense_specs: list[dict]  # the defense's
     strength_parameter: str | None = None  # e.g. 'epsilon (per message)': what the strength is, in which unit
     compression: str = NO_DEFENSE  # e.g. quantize_bits4
     exits: str = NO_DEFENSE  # e.g. relu2+relu3
     exits_config: dict = field(default_factory=dict)
+    transform_specs: list[dict] = field(default_factory=list)  # the compression's
+
+    @property
+    def trained_at_its_cut(self) -> bool:
+        """A defense or a compression is trained for its cut; otherwise the cell recuts its seed's shared training."""
+        return bool(self.defense_specs or self.transform_specs)
 
     @property
     def adaptations(self) -> str:
@@ -137,7 +147,7 @@ class Cell:
     @property
     def training_key(self) -> str:
         """Cells with the same training key share one trained model."""
-        return f"{NO_DEFENSE}{self.adaptations}-seed{self.seed}" if not self.defense_specs else self.key
+        return f"{NO_DEFENSE}{self.adaptations}-seed{self.seed}" if not self.trained_at_its_cut else self.key
 
     def labels(self) -> dict:
         return {"cut_layer": self.cut_layer, "cut_name": self.cut_name, "defense": self.defense,
@@ -206,8 +216,8 @@ def grid(cfg: SweepConfig, cut_points: list) -> list[Cell]:
                 listing = ", ".join(f"{c.index}={c.name}" for c in cut_points)
                 raise ConfigError("cuts", cut, f"a cut index or name of {cfg.model}: {listing}")
             cuts.append(point)
-    cells = [Cell(cut.index, cut.name, defense, strength, seed, specs + compression_spec, parameter, compression, exits,
-                  exits_config)
+    cells = [Cell(cut.index, cut.name, defense, strength, seed, specs, parameter, compression, exits, exits_config,
+                  compression_spec)
              for seed in cfg.seeds for defense, strength, specs, parameter in defense_cells(cfg)
              for compression, compression_spec in compression_settings(cfg)
              for exits, exits_config, exit_cuts in exit_settings(cfg, cut_points)
@@ -227,7 +237,7 @@ def compression_settings(cfg: SweepConfig) -> list[tuple[str, list[dict]]]:
         if spec["name"] == NO_DEFENSE:
             settings.append((NO_DEFENSE, []))
             continue
-        build_defense(spec, f"compressions[{i}]")  # unknown compression or parameter: fail before any training
+        build_transform(spec, f"compressions[{i}]")  # unknown compression or parameter: fail before any training
         settings.append(("_".join([spec["name"], *(f"{k}{v}" for k, v in spec.items() if k != "name")]), [dict(spec)]))
     return settings
 
@@ -292,6 +302,7 @@ def cell_run_config(cfg: SweepConfig, cell: Cell, cut_layer: int) -> RunConfig:
     # the package list costs ~0.2 s per run (wandb parses every package's metadata): a sweep's
     # cells leave it to the summary run
     return dataclasses.replace(base, name=cell.training_key, seed=cell.seed, defenses=cell.defense_specs,
+                               transforms=cell.transform_specs,
                                wandb=dataclasses.replace(base.wandb, save_requirements=False),
                                model=dataclasses.replace(base.model, cut_layer=cut_layer),
                                exits=from_dict(ExitsConfig, cell.exits_config, "exits."))
@@ -322,7 +333,7 @@ def run_cell(cfg: SweepConfig, cell: Cell, sweep_dir: Path, classifier: torch.nn
     """Train (or reuse) the cell's model, attack it, log both to wandb; the cell's frontier row."""
     _worker_setup(cfg)
     tracking = {"strength": cell.strength, "sweep": cfg.sweep_name()}
-    if cell.defense_specs:
+    if cell.trained_at_its_cut:
         run = _trained(cell_run_config(cfg, cell, cell.cut_layer), {**tracking, "defense": cell.defense})
     else:  # one undefended training per seed, trained at the model's default cut, recut here
         shared = load_run(Path(base_run_config(cfg).out) / cell.training_key)
@@ -465,7 +476,7 @@ def _run_cells(cfg: SweepConfig, cells: list[Cell], model, sweep_dir: Path, star
     seeds = [seed for seed in cfg.seeds if any(c.seed == seed for c in pending)]
     # the shared undefended trainings, one per seed (and early-exit configuration)
     shared = [dataclasses.replace(c, cut_layer=model.default_cut()) for c in
-              {c.training_key: c for c in pending if not c.defense_specs}.values()]
+              {c.training_key: c for c in pending if not c.trained_at_its_cut}.values()]
 
     def finished(row: dict, count: int) -> None:
         atomic_append_line(sweep_dir / RESULTS_FILE, json_text(row))
@@ -488,10 +499,10 @@ def _run_cells(cfg: SweepConfig, cells: list[Cell], model, sweep_dir: Path, star
             # once their shared training is done
             trainings = [pool.submit(train_shared, cfg, cell) for cell in shared]
             classifiers = {seed: _classifier(cfg, seed) for seed in seeds}
-            futures = [pool.submit(run_cell, cfg, cell, sweep_dir, classifiers[cell.seed]) for cell in pending if cell.defense_specs]
+            futures = [pool.submit(run_cell, cfg, cell, sweep_dir, classifiers[cell.seed]) for cell in pending if cell.trained_at_its_cut]
             for training in trainings:
                 training.result()
-            futures += [pool.submit(run_cell, cfg, cell, sweep_dir, classifiers[cell.seed]) for cell in pending if not cell.defense_specs]
+            futures += [pool.submit(run_cell, cfg, cell, sweep_dir, classifiers[cell.seed]) for cell in pending if not cell.trained_at_its_cut]
             for count, future in enumerate(as_completed(futures), 1):
                 finished(future.result(), count)
 

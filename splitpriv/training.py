@@ -2,14 +2,19 @@
 
 One step, with the network boundary explicit:
 
-1. client: ``activation = client(x)``; each defense transforms it into the ``message``;
+1. client: ``activation = client(x)``; the message transforms of the cut pipeline map it, in order,
+   into the ``message``;
 2. the message crosses the network: the server receives a detached copy that requires grad;
 3. server: ``loss = CE(server(message), y)``, backward, server step;
-4. the server's gradient w.r.t. the message crosses back; the client back-propagates it (plus any
-   defense loss terms) through its own graph and steps its own optimizer;
-5. defenses with their own trainable parts (e.g. a simulated attacker) take their step.
+4. the server's gradient w.r.t. the message crosses back; the client back-propagates it (plus the
+   client loss terms) through its own graph and steps its own optimizer (a training privatizer's,
+   e.g. DP-SGD's, if one wraps it);
+5. trainable parts at the cut (a simulated attacker, a bottleneck's codec) take their own step.
 
-Client and server are different parties, so each has its own optimizer.
+Client and server are different parties, so each has its own optimizer. The cut pipeline is the
+run's defenses, then its transforms (compressions); each component is asked only for the roles it
+plays (:mod:`splitpriv.cut`).
+
 """
 from __future__ import annotations
 
@@ -19,8 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from splitpriv.defenses.base import CutContext, Defense
+from splitpriv.cut import ClientLossTerm, CutComponent, CutContext, MessageTransform, TrainablePart, TrainingPrivatizer
 from splitpriv.config import OptimizerConfig
+from splitpriv.defenses.base import Defense
 from splitpriv.errors import TrainingDiverged
 from splitpriv.exits import ExitWeights, run_blocks
 from splitpriv.models import SplitModel
@@ -47,7 +53,7 @@ class SplitLearningModule(L.LightningModule):
         num_classes: int,
         client_optimizer: OptimizerConfig | None = None,
         server_optimizer: OptimizerConfig | None = None,
-        defenses: list[Defense] | tuple[Defense, ...] = (),
+        cut_pipeline: list[CutComponent] | tuple[CutComponent, ...] = (),
         exit_heads: nn.ModuleDict | None = None,
         exit_weights: ExitWeights | None = None,
     ):
@@ -59,7 +65,7 @@ class SplitLearningModule(L.LightningModule):
         # that each parameter appears once in the state dict, under the party that owns it.
         self.client, self.server = model.split(self.cut_layer)
         object.__setattr__(self, "model", model)
-        self.defenses = nn.ModuleList(defenses)
+        self.cut_pipeline = nn.ModuleList(cut_pipeline)  # defenses, then transforms: the order messages pass them
         # internal classifiers (early exits): those before the cut run on, and belong to, the client
         heads = dict(exit_heads or {})
         self.client_exits = nn.ModuleDict({n: h for n, h in heads.items() if n in self.client._modules})
@@ -79,7 +85,7 @@ class SplitLearningModule(L.LightningModule):
     # ------------------------------------------------------------------ what crosses the cut
     def send(self, x: torch.Tensor, training: bool, noisy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(activation, message): the client's output and what the server receives; ``noisy=False``
-        leaves out the random draws of randomised defenses (their deterministic part only)."""
+        leaves out the random draws of randomised transforms (their deterministic part only)."""
         activation, message, _ = self.client_forward(x, training, noisy)
         return activation, message
 
@@ -88,27 +94,43 @@ class SplitLearningModule(L.LightningModule):
         activation, exit_logits = run_blocks(self.client, self.client_exits, x)
         return activation, self.defend(activation, training, noisy), exit_logits
 
+    @property
+    def defenses(self) -> list[Defense]:
+        """The privacy defenses of the cut pipeline (without its compressions)."""
+        return self.playing(Defense)
+
+    def playing(self, role: type) -> list:
+        """The components of the cut pipeline that play ``role``, in pipeline order."""
+        return [component for component in self.cut_pipeline if isinstance(component, role)]
+
+    def pipeline_record(self) -> dict[str, list[dict]]:
+        """The resolved settings of the cut pipeline, as config.yaml and attack.json record them."""
+        described = [(isinstance(c, Defense), {"name": c.name, **c.config()}) for c in self.cut_pipeline]
+        return {"defenses": [d for is_defense, d in described if is_defense],
+                "transforms": [d for is_defense, d in described if not is_defense]}
+
+    def component_metrics(self) -> dict[str, float]:
+        """Every component's own metrics, prefixed with its name (e.g. ``dp_noise/epsilon_per_sample``)."""
+        return {f"{c.name}/{k}": float(v) for c in self.cut_pipeline for k, v in c.metrics().items()}
+
+    def active_transforms(self, training: bool) -> list[MessageTransform]:
+        """The message transforms that run in training, or (``training=False``) as deployed."""
+        return [t for t in self.playing(MessageTransform) if training or t.active_at_inference]
+
     def defend(self, activation: torch.Tensor, training: bool, noisy: bool = True) -> torch.Tensor:
-        """The defenses and compressions at the cut, in order: activation -> message."""
+        """The message transforms at the cut, in order: activation -> message."""
         message = activation
-        for defense in self.defenses:
-            if training or defense.active_at_inference:
-                message = defense.transform(message) if noisy else defense.noise_free(message)
+        for transform in self.active_transforms(training):
+            message = transform.transform(message) if noisy else transform.noise_free(message)
         return message
 
     def wire_bytes(self, tensor: torch.Tensor, backward: bool = False, training: bool = True) -> float:
         """Bytes per sample of the message (or, ``backward``, its gradient) on the wire: serialised
         by the last compression that shaped it, else dense. A transform after a compression
         (e.g. noise added to quantised values) makes the message dense again."""
-        for defense in reversed(self.defenses):
-            if not (training or defense.active_at_inference):
-                continue
-            size = defense.wire_bytes_per_sample(tensor, backward)
-            if size is not None:
-                return size
-            if type(defense).transform is not Defense.transform:
-                break
-        return bytes_per_sample(tensor)
+        transforms = self.active_transforms(training)
+        size = transforms[-1].wire_bytes_per_sample(tensor, backward) if transforms else None
+        return bytes_per_sample(tensor) if size is None else size
 
     @torch.no_grad()
     def all_exit_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -124,22 +146,17 @@ class SplitLearningModule(L.LightningModule):
                    for name, logits in zip(heads, exit_logits))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference as deployed: client, defenses active at inference, server."""
+        """Inference as deployed: client, transforms active at inference, server."""
         return self.server(self.send(x, training=False)[1])
 
     # ------------------------------------------------------------------ training
     def configure_optimizers(self):
         client_optimizer = make_optimizer([*self.client.parameters(), *self.client_exits.parameters()], self.client_optimizer_cfg)
-        for defense in self.defenses:  # e.g. DP-SGD wraps it with per-sample clipping and noise
-            client_optimizer = defense.configure_client(self, client_optimizer)
-        optimizers = [client_optimizer, make_optimizer([*self.server.parameters(), *self.server_exits.parameters()], self.server_optimizer_cfg)]
-        self._defense_optimizer_index = {}
-        for i, defense in enumerate(self.defenses):
-            optimizer = defense.configure_optimizer()
-            if optimizer is not None:
-                self._defense_optimizer_index[i] = len(optimizers)
-                optimizers.append(optimizer)
-        return optimizers
+        for privatizer in self.playing(TrainingPrivatizer):  # e.g. DP-SGD: per-sample clipping and noise
+            client_optimizer = privatizer.configure_client(self, client_optimizer)
+        server_optimizer = make_optimizer([*self.server.parameters(), *self.server_exits.parameters()], self.server_optimizer_cfg)
+        # the trainable parts' optimizers follow client and server, in pipeline order
+        return [client_optimizer, server_optimizer, *(part.configure_optimizer() for part in self.playing(TrainablePart))]
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -162,21 +179,21 @@ class SplitLearningModule(L.LightningModule):
         client_objective = (message * returned_gradient).sum()
         if client_exit_logits:
             client_objective = client_objective + self.exit_loss(self.client_exits, client_exit_logits, y)
-        for defense in self.defenses:
-            extra = defense.client_loss(context)
+        for term in self.playing(ClientLossTerm):
+            extra = term.client_loss(context)
             if extra is not None:
                 client_objective = client_objective + extra
         client_opt.zero_grad()
-        for index in self._defense_optimizer_index.values():
-            # a defense may read what the client's backward leaves on its own parts (the decoder
-            # defense does), so nothing of the previous step may remain there
-            optimizers[index].zero_grad()
+        parts = list(zip(self.playing(TrainablePart), optimizers[2:]))
+        for _, part_optimizer in parts:
+            # a part may read what the client's backward leaves on it (the decoder defense does),
+            # so nothing of the previous step may remain there
+            part_optimizer.zero_grad()
         client_objective.backward()
         client_opt.step()
 
-        for i, defense in enumerate(self.defenses):
-            index = self._defense_optimizer_index.get(i)
-            defense.update(context, optimizers[index] if index is not None else None)
+        for part, part_optimizer in parts:
+            part.update(context, part_optimizer)
 
         if not self.activation_bytes_per_sample:
             self.activation_bytes_per_sample = self.wire_bytes(message)
@@ -188,13 +205,13 @@ class SplitLearningModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         if self.resuming_interrupted_run:  # set by splitpriv.train; the checkpoint's state is restored by now
-            for defense in self.defenses:
-                defense.resumed()
+            for component in self.cut_pipeline:
+                component.resumed()
             self.resuming_interrupted_run = False
 
     def on_fit_end(self) -> None:
-        for defense in self.defenses:
-            defense.teardown(self)
+        for privatizer in self.playing(TrainingPrivatizer):
+            privatizer.teardown(self)
 
     def on_train_epoch_end(self):
         train_loss = self._train_loss_sum / max(self._train_count, 1)
@@ -208,8 +225,7 @@ class SplitLearningModule(L.LightningModule):
             "activation_bytes_per_sample": float(self.activation_bytes_per_sample),
             "gradient_bytes_per_sample": float(self.gradient_bytes_per_sample),
         }
-        for defense in self.defenses:
-            values.update({f"{defense.name}/{k}": float(v) for k, v in defense.metrics().items()})
+        values.update(self.component_metrics())
         self.log_dict(values, prog_bar=False)
         self.accuracy["train_acc"].reset()
         self._train_loss_sum = torch.zeros(())

@@ -158,6 +158,22 @@ def test_decoders_fit_with_enough_steps_per_epoch_on_a_small_proxy():
         assert summary["batch_size"] == batch_size  # >= 8 steps per epoch, within [16, 64]
 
 
+def test_early_stopping_says_whether_patience_or_the_epoch_cap_ended_the_fit():
+    from splitpriv.attacks.base import EarlyStopping, fit_with_early_stopping
+
+    torch.manual_seed(0)
+    inputs = torch.randn(64, 4)
+    targets = inputs @ torch.randn(4, 1)
+    fit = lambda stopping: fit_with_early_stopping(torch.nn.Linear(4, 1), torch.nn.functional.mse_loss, inputs, targets,
+                                                   inputs[:16], targets[:16], stopping, torch.Generator().manual_seed(0))
+    capped = fit(EarlyStopping(max_epochs=3, patience=10))  # still improving after 3 epochs
+    assert (capped["epochs"], capped["stopped"]) == (3, "max_epochs")
+    noise = fit_with_early_stopping(torch.nn.Linear(4, 1), torch.nn.functional.mse_loss, inputs, torch.randn(64, 1),
+                                    inputs[:16], torch.randn(16, 1), EarlyStopping(max_epochs=500, patience=2),
+                                    torch.Generator().manual_seed(0))  # nothing to learn: patience ends it
+    assert noise["stopped"] == "patience" and noise["epochs"] < 500
+
+
 # ----------------------------------------------------------------------------- run_attacks
 
 

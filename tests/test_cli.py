@@ -1,5 +1,6 @@
 """The command line: help, and every bad input gives one clear message and exit code 2."""
 import pytest
+import torch
 
 from splitpriv.cli import COMMANDS, main
 
@@ -105,12 +106,13 @@ def test_train_with_a_plugin_model(tmp_path, capsys):
 
 PLUGIN_DEFENSE = '''
 import torch
+from splitpriv.cut import MessageTransform
 from splitpriv.defenses import Defense, register_defense
 from splitpriv.errors import ConfigError
 
 
 @register_defense
-class ScaledMessage(Defense):
+class ScaledMessage(Defense, MessageTransform):
     """Multiplies the message by ``scale``; ``epochs`` only shows a name another flag already has."""
 
     name = "scaled_message"
@@ -162,6 +164,56 @@ def test_a_plugin_defense_gets_flags_for_its_parameters(tmp_path, capsys):
     assert code == 2 and "scaled_message" in output
 
 
+PLUGIN_TRANSFORM = '''
+import torch
+from splitpriv.cut import MessageTransform
+from splitpriv.transforms import register_transform
+
+
+@register_transform
+class RoundMessage(MessageTransform):
+    """Rounds the message to ``decimals`` decimals (straight through in training); sent as fp16 when ``half``."""
+
+    name = "round_message"
+    active_at_inference = True
+
+    def __init__(self, decimals: int = 1, half: bool = False):
+        super().__init__()
+        self.decimals, self.half = decimals, half
+
+    def transform(self, message: torch.Tensor) -> torch.Tensor:
+        return message + (torch.round(message, decimals=self.decimals) - message).detach()
+
+    def wire_bytes_per_sample(self, tensor, backward=False):
+        return None if backward or not self.half else 2.0 * tensor[0].numel()
+
+    def config(self) -> dict:
+        return {"decimals": self.decimals, "half": self.half}
+'''
+
+
+def test_a_plugin_transform_runs_after_the_defense_with_its_parameters_from_the_command_line(tmp_path, capsys):
+    plugin = tmp_path / "round_message.py"
+    plugin.write_text(PLUGIN_TRANSFORM)
+    code, output = run_cli(capsys, "train", "--plugin", str(plugin), "--defense", "dp_noise", "--epsilon", "50",
+                           "--transform", "round_message", "--decimals", "0", "--half", "true", "--epochs", "1",
+                           "--train-size", "200", "--out", str(tmp_path / "runs"), "--name", "t", "--no-progress")
+    assert code == 0, output
+    from splitpriv.runs import load_run
+
+    run = load_run(tmp_path / "runs" / "t")
+    assert run.config.transforms == [{"name": "round_message", "decimals": 0, "half": True}]
+    assert [c.name for c in run.cut_pipeline] == ["dp_noise", "round_message"]  # defenses first, then transforms
+    x = run.data.dataset("private_test").tensors[0][:4]
+    message = run.send(x)
+    assert torch.equal(message, torch.round(message))  # the rounding is the last to shape the message
+    assert run.metrics["activation_bytes_per_sample"] == 2 * message[0].numel()
+
+    code, output = run_cli(capsys, "train", "--plugin", str(plugin), "--decimals", "2", "--out", str(tmp_path / "runs"),
+                           "--name", "bad", "--no-progress")
+    assert code == 2 and "--transform round_message" in output
+
+
 PLUGIN_ATTACK = '''
 import torch
 from splitpriv.attacks import Attack, register_attack
@@ -202,3 +254,50 @@ def test_a_plugin_attack_runs_with_its_parameters_from_the_command_line(tmp_path
     record = json.loads((tmp_path / "runs" / "r" / "attack.json").read_text())
     assert record["attacks"]["proxy_mean"]["config"] == {"gain": 0.5}
     assert record["worst_case"]["passive"]["mse_attack"] == "proxy_mean"
+
+
+def test_every_flagged_config_field_is_a_train_flag_that_sets_its_config_key():
+    """The config classes are the flags' single source: each field that declares a flag is parsed into
+    its dotted key with its type, and its help names its default."""
+    from splitpriv.cli import build_parser
+    from splitpriv.commands.common import run_overrides
+    from splitpriv.config import RunConfig, config_flags
+
+    flags = config_flags(RunConfig)
+    assert {"data.root", "training.client_optimizer.lr", "training.num_threads", "wandb.mode", "plugins"} <= {f.key for f in flags}
+    parser = build_parser()
+    for item in flags:
+        if item.annotation is bool:
+            argv, expected = [item.flag], True
+        elif item.choices:
+            argv, expected = [item.flag, item.choices[-1]], item.choices[-1]
+        elif "list" in str(item.annotation):
+            argv, expected = [item.flag, "a.py", item.flag, "b.py"], ["a.py", "b.py"]
+        elif "int" in str(item.annotation):
+            argv, expected = [item.flag, "3"], 3
+        elif "float" in str(item.annotation):
+            argv, expected = [item.flag, "0.25"], 0.25
+        else:
+            argv, expected = [item.flag, "some_value"], "some_value"
+        assert run_overrides(parser.parse_args(["train", *argv])) == {item.key: expected}, item
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+
+
+def test_a_flagged_field_added_to_a_config_class_becomes_a_flag():
+    from dataclasses import dataclass, field
+
+    from splitpriv.config import config_flags
+    from splitpriv.fields import POSITIVE_INT, flag, flag_prefix
+
+    @dataclass
+    class Inner:
+        rounds: int = field(default=4, metadata={**POSITIVE_INT, **flag("rounds per epoch")})
+        hidden: int = 3  # no flag
+
+    @dataclass
+    class Outer:
+        inner: Inner = field(default_factory=Inner, metadata=flag_prefix("inner-"))
+
+    (item,) = config_flags(Outer)
+    assert (item.key, item.flag, item.default, item.allowed) == ("inner.rounds", "--inner-rounds", 4, "an integer >= 1")

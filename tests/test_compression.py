@@ -5,9 +5,11 @@ import pytest
 import torch
 import yaml
 
-from splitpriv.defenses import Defense, build_defense
+from splitpriv.cut import MessageTransform
+from splitpriv.errors import ConfigError
+from splitpriv.transforms import build_transform
 from splitpriv.cli import main
-from splitpriv.defenses.compression import Quantize, TopK, measured_message
+from splitpriv.transforms.compression import Quantize, TopK, measured_message
 from splitpriv.config import load_run_config
 from splitpriv.experiment import train
 from splitpriv.runs import build_module
@@ -71,7 +73,7 @@ def test_straight_through_gradient_and_topk_gradient_mask():
     assert torch.equal(kept.detach().abs().flatten(1).topk(5, dim=1).values, largest)
 
 
-class _Shift(Defense):
+class _Shift(MessageTransform):
     name = "shift_for_test"
     active_at_inference = True
 
@@ -80,11 +82,11 @@ class _Shift(Defense):
 
 
 def test_a_transform_after_a_compression_makes_the_message_dense_again():
-    cfg = load_run_config(None, {"defenses": [{"name": "quantize", "bits": 4}]})
+    cfg = load_run_config(None, {"transforms": [{"name": "quantize", "bits": 4}]})
     module = build_module(cfg, 10, 1, 8)
     message = module.send(torch.randn(4, 1, 8, 8), training=True)[1]
-    assert module.wire_bytes(message) == len(module.defenses[0].encode(message)[0])
-    module.defenses.append(_Shift())
+    assert module.wire_bytes(message) == len(module.cut_pipeline[0].encode(message)[0])
+    module.cut_pipeline.append(_Shift())
     assert module.wire_bytes(message) == message[0].numel() * 4
 
 
@@ -92,30 +94,30 @@ def test_a_transform_after_a_compression_makes_the_message_dense_again():
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     runs = {}
-    for name, defenses in {"fp32": [], "bottleneck": [{"name": "bottleneck", "rate": 0.25}],
-                           "int4": [{"name": "quantize", "bits": 4}]}.items():
+    for name, transforms in {"fp32": [], "bottleneck": [{"name": "bottleneck", "rate": 0.25}],
+                             "int4": [{"name": "quantize", "bits": 4}]}.items():
         cfg = load_run_config(None, {"out": str(out), "name": name, "training.epochs": 4, "training.progress_bar": False,
-                                     "defenses": defenses})
+                                     "transforms": transforms})
         runs[name] = train(cfg)
     return runs
 
 
 def test_bottleneck_reduces_bytes_by_its_rate_and_still_learns(trained):
     fp32, bottleneck = trained["fp32"], trained["bottleneck"]
-    code_width = bottleneck.defenses[0].encoder.out_channels
-    channels = bottleneck.defenses[0].encoder.in_channels
+    code_width = bottleneck.cut_pipeline[0].encoder.out_channels
+    channels = bottleneck.cut_pipeline[0].encoder.in_channels
     assert code_width == round(0.25 * channels)
     for key in ("activation_bytes_per_sample", "gradient_bytes_per_sample"):
         assert bottleneck.metrics[key] == fp32.metrics[key] * code_width / channels
     x = bottleneck.data.dataset("private_test").tensors[0][:3]
-    assert len(bottleneck.defenses[0].encode(bottleneck.client(x))[0]) == bottleneck.metrics["activation_bytes_per_sample"]
+    assert len(bottleneck.cut_pipeline[0].encode(bottleneck.client(x))[0]) == bottleneck.metrics["activation_bytes_per_sample"]
     assert bottleneck.metrics["test_accuracy"] > 0.5
 
 
 def test_quantised_training_counts_serialised_bytes_and_reloads(trained):
     run = trained["int4"]
     x = run.data.dataset("private_test").tensors[0][:3]
-    assert run.metrics["activation_bytes_per_sample"] == len(run.defenses[0].encode(run.send(x))[0])
+    assert run.metrics["activation_bytes_per_sample"] == len(run.cut_pipeline[0].encode(run.send(x))[0])
     assert run.metrics["gradient_bytes_per_sample"] == trained["fp32"].metrics["gradient_bytes_per_sample"]
     measured = measured_message(run.path)  # what the planner reads
     assert (measured.label, measured.cut_layer, measured.bytes_per_sample, measured.learned_reduction) == (
@@ -133,18 +135,26 @@ def test_quantised_training_counts_serialised_bytes_and_reloads(trained):
 ])
 def test_bad_compression_parameters_fail_with_exit_code_2(spec, key, tmp_path, capsys):
     config = tmp_path / "bad.yaml"
-    config.write_text(yaml.safe_dump({"defenses": [spec], "out": str(tmp_path)}))
+    config.write_text(yaml.safe_dump({"transforms": [spec], "out": str(tmp_path)}))
     assert main(["train", "--config", str(config)]) == 2
     error = capsys.readouterr().err
-    assert f"defenses[0].{key}" in error and repr(spec[key]) in error
+    assert f"transforms[0].{key}" in error and repr(spec[key]) in error
     assert not (tmp_path / "digits-small_cnn-cutNone-seed0").exists()
 
 
 def test_topk_larger_than_the_message_is_refused():
-    cfg = load_run_config(None, {"defenses": [{"name": "topk", "k": 10**6}]})
+    cfg = load_run_config(None, {"transforms": [{"name": "topk", "k": 10**6}]})
     with pytest.raises(ValueError, match="at most"):
         build_module(cfg, 10, 1, 8)
-    assert build_defense({"name": "topk", "k": 3}).k == 3
+    assert build_transform({"name": "topk", "k": 3}).k == 3
+
+
+@pytest.mark.parametrize("key, name, belongs", [("defenses", "quantize", "transforms"), ("transforms", "dp_noise", "defenses")])
+def test_a_component_under_the_wrong_key_is_refused_with_the_right_one(key, name, belongs):
+    cfg = load_run_config(None, {key: [{"name": name}]})
+    with pytest.raises(ConfigError) as error:
+        build_module(cfg, 10, 1, 8)
+    assert error.value.key == f"{key}[0].name" and f"under '{belongs}:'" in str(error.value)
 
 
 def test_planner_enumerates_measured_compressions_at_their_cut(trained):

@@ -1,5 +1,4 @@
 """Data sets and the three data roles."""
-import gzip
 import zipfile
 from io import BytesIO
 

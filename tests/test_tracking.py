@@ -1,6 +1,5 @@
 """Training runs are tracked in wandb offline and read back locally with `wandb leet inspect`."""
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from splitpriv.attacks import build_attack
-from splitpriv.defenses import build_defense
+from splitpriv.defenses import DEFENSES, build_defense
+from splitpriv.transforms import build_transform
 from splitpriv import sweep
 from splitpriv.config import RunConfig, from_dict, is_safe_name
 from splitpriv.errors import ConfigError
@@ -86,7 +87,8 @@ def test_defense_parameters_are_finite_or_refused(data):
     parameter = data.draw(st.sampled_from(DEFENSE_PARAMETERS[name]))
     value = data.draw(numbers)
     try:
-        defense = build_defense({"name": name, parameter: value})
+        build = build_defense if name in DEFENSES else build_transform
+        defense = build({"name": name, parameter: value})
     except ConfigError:
         return
     recorded = getattr(defense, parameter, value)

@@ -6,7 +6,7 @@ threat model (:mod:`attacks.threat_models`) grants some of
 * ``query``        - query access to the client as deployed (defenses included, fresh noise per call),
 * ``weights``      - the client's weights and its defenses' mechanisms: the deployed client's
   deterministic part, differentiable (a randomised defense without its draw, e.g. the clipping
-  before the noise), and the distribution of the noise it adds (:class:`defenses.base.NoiseModel`),
+  before the noise), and the distribution of the noise it adds (:class:`splitpriv.cut.NoiseModel`),
 * ``architecture`` - the client's architecture: fresh, untrained clients of the same shape,
 * ``server``       - the trained server partition, which the split-learning server trains itself,
 * ``proxy``        - the attacker's own proxy data (images and labels), disjoint from the private data.
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from splitpriv.attacks.metrics import reconstruction_metrics
-from splitpriv.defenses.base import NoiseModel
+from splitpriv.cut import NoiseModel
 from splitpriv.registry import Registry
 
 GRANTS = ("query", "weights", "architecture", "server", "proxy")
@@ -214,4 +214,6 @@ def fit_with_early_stopping(
             last_report = time.perf_counter()
     model.load_state_dict(best_state)
     model.eval()
-    return {"epochs": epoch, "best_epoch": best_epoch, "holdout_loss": best_loss, "batch_size": batch_size}
+    # 'patience': the held-out loss stopped improving (converged); 'max_epochs': the cap stopped it first
+    stopped = "patience" if epoch - best_epoch >= settings.patience else "max_epochs"
+    return {"epochs": epoch, "best_epoch": best_epoch, "holdout_loss": best_loss, "batch_size": batch_size, "stopped": stopped}

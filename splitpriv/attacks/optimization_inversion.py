@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from splitpriv.attacks.base import Attack, AttackTarget, register_attack
-from splitpriv.defenses.base import is_number
+from splitpriv.cut import is_number
 from splitpriv.config import is_int
 from splitpriv.errors import ConfigError
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from splitpriv.attacks.base import Attack, AttackTarget, EarlyStopping, fit_with_early_stopping, holdout_split, register_attack
-from splitpriv.defenses.base import is_number
+from splitpriv.cut import is_number
 from splitpriv.config import MAX_EPOCHS, is_int
 from splitpriv.decoders import CAPACITIES, build_decoder
 from splitpriv.errors import ConfigError

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     settings = from_dict(AttackSettings, {k: v for k, v in given.items() if v is not None})
     trained = load_run(args.run)
     print(f"attacking {trained.path} (cut {trained.cut_layer} {trained.cut_name}, "
-          f"defenses: {[d.name for d in trained.defenses] or 'none'})")
+          f"defenses and transforms: {[c.name for c in trained.cut_pipeline] or 'none'})")
     record = run_attacks(trained, settings)
     for label, result in record["attacks"].items():
         print(f"  {label:32s} mse {result['mse']:.4f}  psnr {result['psnr']:6.2f}  ssim {result['ssim']:.3f}  "

@@ -7,21 +7,10 @@ import types
 import typing
 from dataclasses import dataclass
 
-from splitpriv.config import RunConfig, load_run_config
+from splitpriv.config import ConfigFlag, RunConfig, config_flags, load_run_config
+from splitpriv.defenses import DEFENSES
 from splitpriv.errors import SplitprivError
-
-# flag destination -> dotted config key
-RUN_FLAGS = {
-    "dataset": "data.dataset", "data_root": "data.root", "data_path": "data.path", "download": "data.download",
-    "proxy_dataset": "data.proxy_dataset", "proxy_fraction": "data.proxy_fraction", "proxy_size": "data.proxy_size",
-    "train_size": "data.train_size", "test_size": "data.test_size",
-    "model": "model.name", "cut_layer": "model.cut_layer",
-    "epochs": "training.epochs", "batch_size": "training.batch_size", "threads": "training.num_threads",
-    "client_lr": "training.client_optimizer.lr", "server_lr": "training.server_optimizer.lr",
-    "seed": "seed", "out": "out", "name": "name",
-    "wandb_mode": "wandb.mode", "wandb_project": "wandb.project", "wandb_group": "wandb.group",
-}
-
+from splitpriv.transforms import TRANSFORMS
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
@@ -34,22 +23,28 @@ def positive_int(text: str) -> int:
     return value
 
 
-def cut_value(text: str) -> int | str:
-    return int(text) if text.lstrip("-").isdigit() else text
+@dataclass(frozen=True)
+class ComponentFlag:
+    """A command-line flag for a parameter of registered components (defenses or transforms), derived
+    from their ``__init__``."""
+
+    dest: str
+    flag: str  # --PARAMETER, or --COMPONENT-PARAMETER where --PARAMETER is another option's
+    parameter: str
+    components: tuple[str, ...]  # the components that take it
 
 
 @dataclass(frozen=True)
-class DefenseFlag:
-    """A command-line flag for a parameter of the registered defenses, derived from their ``__init__``."""
+class ComponentOption:
+    """``--defense NAME`` or ``--transform NAME``: one component of a registry, and its parameters' flags."""
 
-    dest: str
-    flag: str  # --PARAMETER, or --DEFENSE-PARAMETER where --PARAMETER is another option's
-    parameter: str
-    defenses: tuple[str, ...]  # the defenses that take it
+    option: str  # "defense" or "transform"
+    config_key: str  # "defenses" or "transforms"
+    flags: tuple[ComponentFlag, ...]
 
 
 def _value_parser(annotations: list) -> typing.Callable[[str], object]:
-    """argparse ``type`` for a parameter annotated ``annotations`` (one per defense that takes it)."""
+    """argparse ``type`` for a parameter annotated ``annotations`` (one per component that takes it)."""
     kinds = []
     for annotation in annotations:
         options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
@@ -70,16 +65,16 @@ def _value_parser(annotations: list) -> typing.Callable[[str], object]:
     return parse
 
 
-def add_defense_arguments(parser: argparse.ArgumentParser) -> list[DefenseFlag]:
-    """``--defense NAME`` and one flag per parameter of every registered defense (plugins imported by
-    then included): a new defense's parameters are settable without editing the CLI."""
-    from splitpriv.defenses import DEFENSES
-
-    group = parser.add_argument_group("defense (one; several: a 'defenses:' list in --config)")
-    group.add_argument("--defense", help=f"{', '.join(sorted(DEFENSES))} (replaces the config's list)")
+def add_component_arguments(parser: argparse.ArgumentParser, registry: dict[str, type], option: str,
+                            config_key: str, title: str) -> ComponentOption:
+    """``--OPTION NAME`` and one flag per parameter of every class in ``registry`` (plugins imported by
+    then included): a new defense's or transform's parameters are settable without editing the CLI.
+    A parameter whose plain flag another option has is ``--COMPONENT-PARAMETER``."""
+    group = parser.add_argument_group(title)
+    group.add_argument(f"--{option}", help=f"{', '.join(sorted(registry))} (replaces the config's '{config_key}:' list)")
     taken = set(parser._option_string_actions)
     by_parameter: dict[str, list[tuple[str, inspect.Parameter, object, str | None]]] = {}
-    for name, cls in sorted(DEFENSES.items()):
+    for name, cls in sorted(registry.items()):
         hints = typing.get_type_hints(cls.__init__)
         for parameter in list(inspect.signature(cls.__init__).parameters.values())[1:]:
             if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
@@ -99,83 +94,89 @@ def add_defense_arguments(parser: argparse.ArgumentParser) -> list[DefenseFlag]:
             defaults = {repr(p.default) for _, p, _, _ in share if p.default not in (p.empty, None)}
             default = f" (default {defaults.pop()})" if len(defaults) == 1 else ""
             group.add_argument(flag, dest=dest, type=_value_parser([a for _, _, a, _ in share]), help=text + default)
-            flags.append(DefenseFlag(dest, flag, parameter, tuple(n for n, *_ in share)))
-    return flags
+            flags.append(ComponentFlag(dest, flag, parameter, tuple(n for n, *_ in share)))
+    return ComponentOption(option, config_key, tuple(flags))
+
+
+SECTIONS = {"data": "data", "model": "model", "training": "training", "seed": "training", "plugins": "model"}
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config``, one flag per config field that declares one (:func:`splitpriv.config.config_flags`:
+    help, type, choices, default and what is allowed all come from the config classes), ``--lr`` for both
+    optimizers, and ``--defense``/``--transform`` with their parameters."""
     parser.add_argument("--config", help="YAML run config (see experiments/); flags override its values")
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", help="digits (embedded default), mnist, fashion_mnist, kmnist, cifar10, cifar100, npz")
-    data.add_argument("--data-root", help="folder holding the data sets (default: $SPLITPRIV_DATA, else ./data)")
-    data.add_argument("--data-path", help="the .npz file for --dataset npz")
-    data.add_argument("--download", action="store_const", const=True, help="download torchvision data sets if missing")
-    data.add_argument("--proxy-dataset", help="the attacker's proxy data set (default: a held-out slice of --dataset)")
-    data.add_argument("--proxy-fraction", type=float, help="share of the training split held out as proxy data")
-    data.add_argument("--proxy-size", type=int, help="at most this many proxy images")
-    data.add_argument("--train-size", type=int, help="at most this many private training images")
-    data.add_argument("--test-size", type=int, help="at most this many private test images")
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", help="small_cnn, mlp, vgg11, vgg16, resnet18 or a --plugin's model")
-    model.add_argument("--cut-layer", type=cut_value, help="cut index or block name (default: a middle cut)")
-    model.add_argument("--plugin", action="append", help="python file registering models/defenses/attacks (repeatable)")
-    training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=int, help="training epochs (>= 1; default 15)")
-    training.add_argument("--batch-size", type=int, help="samples per step (>= 1; default 64)")
-    training.add_argument("--lr", type=float, help="learning rate of both client and server optimizers")
-    training.add_argument("--client-lr", type=float, help="learning rate of the client optimizer only")
-    training.add_argument("--server-lr", type=float, help="learning rate of the server optimizer only")
-    training.add_argument("--seed", type=int, help="seed of data splits, weights and shuffles (default 0)")
-    training.add_argument("--threads", type=positive_int, help="CPU threads for torch")
-    output = parser.add_argument_group("output")
-    output.add_argument("--out", help="folder for run folders (default: runs)")
-    output.add_argument("--name", help="run folder name (default: dataset-model-cut-seed)")
-    output.add_argument("--wandb-mode", choices=["online", "offline", "disabled"],
-                        help="default: offline unless wandb is configured with an API key")
-    output.add_argument("--wandb-project", help="wandb project (default: splitpriv)")
-    output.add_argument("--wandb-group", help="wandb group of the run(s)")
-    flags = add_defense_arguments(parser)
-    parser.set_defaults(defense_flags=flags, flag_keys=flag_keys(flags))
+    groups = {title: parser.add_argument_group(title) for title in ("data", "model", "training", "output")}
+    flags = config_flags(RunConfig)
+    for item in flags:
+        group = groups[SECTIONS.get(item.key.split(".")[0], "output")]
+        group.add_argument(item.flag, dest=item.dest, help=flag_help(item), **flag_kind(item))
+    groups["training"].add_argument("--lr", type=float, help="learning rate of both client and server optimizers")
+    options = (add_component_arguments(parser, DEFENSES, "defense", "defenses",
+                                       "defense (one; several: a 'defenses:' list in --config)"),
+               add_component_arguments(parser, TRANSFORMS, "transform", "transforms",
+                                       "transform: a compression of the message, after the defense (one; several: "
+                                       "a 'transforms:' list in --config)"))
+    parser.set_defaults(component_options=options, run_flags=flags, flag_keys=flag_keys(flags, options))
 
 
-def flag_keys(defense_flags: list[DefenseFlag]) -> dict[str, tuple[str, ...]]:
+def flag_help(item: ConfigFlag) -> str:
+    shown = [item.allowed] if item.allowed and not item.choices else []
+    if item.default is not None and item.default is not False and item.default != []:
+        shown.append(f"default {item.default}")
+    return item.help + (f" ({'; '.join(shown)})" if shown else "")
+
+
+def flag_kind(item: ConfigFlag) -> dict:
+    """argparse's ``type``/``action``/``choices`` for a config field's flag, from its annotation."""
+    if item.annotation is bool and item.default is False:
+        return {"action": "store_const", "const": True}
+    if typing.get_origin(item.annotation) is list:
+        return {"action": "append", "type": _value_parser(list(typing.get_args(item.annotation)))}
+    return {"type": _value_parser([item.annotation]), **({"choices": item.choices} if item.choices else {})}
+
+
+def flag_keys(flags: list[ConfigFlag], options: tuple[ComponentOption, ...]) -> dict[str, tuple[str, ...]]:
     """Config key -> the flags that set it, so that an error names what the user typed."""
-    keys = {key: ("--" + dest.replace("_", "-"),) for dest, key in RUN_FLAGS.items()}
-    for flag in defense_flags:
-        keys[f"defenses[0].{flag.parameter}"] = keys.get(f"defenses[0].{flag.parameter}", ()) + (flag.flag,)
-    return keys | {"defenses[0].name": ("--defense",), "plugins": ("--plugin",),
-                   "training.client_optimizer.lr": ("--client-lr", "--lr"), "training.server_optimizer.lr": ("--server-lr", "--lr")}
+    keys = {item.key: (item.flag,) for item in flags}
+    for option in options:
+        keys[f"{option.config_key}[0].name"] = (f"--{option.option}",)
+        for flag in option.flags:
+            key = f"{option.config_key}[0].{flag.parameter}"
+            keys[key] = keys.get(key, ()) + (flag.flag,)
+    return keys | {"training.client_optimizer.lr": ("--client-lr", "--lr"), "training.server_optimizer.lr": ("--server-lr", "--lr")}
 
 
 def run_overrides(args: argparse.Namespace) -> dict:
-    overrides = {key: getattr(args, dest) for dest, key in RUN_FLAGS.items() if getattr(args, dest, None) is not None}
+    overrides = {item.key: getattr(args, item.dest) for item in args.run_flags if getattr(args, item.dest, None) is not None}
     if getattr(args, "lr", None) is not None:
         overrides.setdefault("training.client_optimizer.lr", args.lr)
         overrides.setdefault("training.server_optimizer.lr", args.lr)
-    if getattr(args, "plugin", None):
-        overrides["plugins"] = args.plugin
     return overrides
 
 
-def defense_spec_from_args(args: argparse.Namespace) -> list[dict] | None:
-    """``--defense NAME --epsilon 8 ...`` -> ``[{name: NAME, epsilon: 8, ...}]``; None without --defense.
+def component_spec_from_args(args: argparse.Namespace, option: ComponentOption) -> list[dict] | None:
+    """``--defense NAME --epsilon 8 ...`` -> ``[{name: NAME, epsilon: 8, ...}]`` (likewise ``--transform``);
+    None without the option.
 
-    Parameters the named defense does not take are refused when the defense is built."""
-    given = [flag for flag in args.defense_flags if getattr(args, flag.dest, None) is not None]
-    if getattr(args, "defense", None) is None:
+    Parameters the named component does not take are refused when it is built."""
+    given = [flag for flag in option.flags if getattr(args, flag.dest, None) is not None]
+    name = getattr(args, option.option, None)
+    if name is None:
         if given:
-            raise SplitprivError(f"{given[0].flag} sets a defense parameter: name the defense with --defense "
-                                 f"(e.g. --defense {given[0].defenses[0]} {given[0].flag} ...)")
+            raise SplitprivError(f"{given[0].flag} sets a {option.option} parameter: name the {option.option} with "
+                                 f"--{option.option} (e.g. --{option.option} {given[0].components[0]} {given[0].flag} ...)")
         return None
     for flag in given:
-        if flag.flag != "--" + flag.parameter.replace("_", "-") and args.defense not in flag.defenses:
-            raise SplitprivError(f"{flag.flag} sets a parameter of {', '.join(flag.defenses)}, not of --defense {args.defense}")
-    return [{"name": args.defense, **{flag.parameter: getattr(args, flag.dest) for flag in given}}]
+        if flag.flag != "--" + flag.parameter.replace("_", "-") and name not in flag.components:
+            raise SplitprivError(f"{flag.flag} sets a parameter of {', '.join(flag.components)}, not of --{option.option} {name}")
+    return [{"name": name, **{flag.parameter: getattr(args, flag.dest) for flag in given}}]
 
 
 def config_from_args(args: argparse.Namespace, extra_overrides: dict | None = None) -> RunConfig:
     overrides = run_overrides(args)
-    defenses = defense_spec_from_args(args)
-    if defenses is not None:
-        overrides["defenses"] = defenses
+    for option in args.component_options:
+        specs = component_spec_from_args(args, option)
+        if specs is not None:
+            overrides[option.config_key] = specs
     return load_run_config(args.config, {**overrides, **(extra_overrides or {})})

@@ -3,32 +3,29 @@ from __future__ import annotations
 
 import argparse
 
+from splitpriv.commands.common import flag_help, flag_kind
+from splitpriv.config import config_flags, load_yaml, set_dotted
+from splitpriv.sweep import SweepConfig, format_table, load_sweep_config, run_sweep
+
 HELP = ("train and attack every cut x defense x seed; write frontier.csv/png (default: digits, small_cnn, "
-        "every cut, no defense / distance correlation / DP noise / decoder reconstruction)")
-
-
-FLAG_KEYS = {"out": ("--out",), "name": ("--name",), "data.root": ("--data-root",), "workers": ("--workers",),
-             "wandb.mode": ("--wandb-mode",)}
+        "every cut, each default defense, the default attack set per threat model)")
+FLAGS = config_flags(SweepConfig)
+DATA_ROOT = "data.root"  # the sweep's data settings are a plain mapping, so this one flag is declared here
+FLAG_KEYS = {**{item.key: (item.flag,) for item in FLAGS}, DATA_ROOT: ("--data-root",)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML sweep config (see experiments/*_sweep.yaml); default: the embedded digits sweep")
-    parser.add_argument("--out", help="parent folder of the sweep folder (default: runs)")
-    parser.add_argument("--name", help="sweep folder name and wandb group (default: <dataset>-<model>-sweep)")
+    for item in FLAGS:
+        parser.add_argument(item.flag, dest=item.dest, help=flag_help(item), **flag_kind(item))
     parser.add_argument("--data-root", help="folder holding the data sets (default: $SPLITPRIV_DATA, else ./data)")
-    parser.add_argument("--workers", type=int, help="cells run in parallel processes (default 2)")
-    parser.add_argument("--wandb-mode", choices=["online", "offline", "disabled"],
-                        help="default: offline unless wandb is configured with an API key")
     parser.add_argument("--force", action="store_true", help="discard the sweep folder's results and start afresh")
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitpriv.config import load_yaml, set_dotted
-    from splitpriv.sweep import format_table, load_sweep_config, run_sweep
-
     values = load_yaml(args.config) if args.config else {}
-    for key, value in (("out", args.out), ("name", args.name), ("data.root", args.data_root),
-                       ("workers", args.workers), ("wandb.mode", args.wandb_mode)):
+    given = [(item.key, getattr(args, item.dest)) for item in FLAGS] + [(DATA_ROOT, args.data_root)]
+    for key, value in given:
         if value is not None:
             set_dotted(values, key, value)
     rows = run_sweep(load_sweep_config(values), force=args.force)

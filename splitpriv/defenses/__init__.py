@@ -1,13 +1,11 @@
-"""Privacy defenses at the cut, and compressions of the message (which share the interface so that
-they compose in one list). Adding one: a module with a ``Defense`` subclass decorated with
-``@register_defense``, imported below (or given as a ``--plugin`` file)."""
+"""Privacy defenses at the cut. Adding one: a module with a ``Defense`` subclass (and its roles from
+``splitpriv.cut``) decorated with ``@register_defense``, imported below (or given as a ``--plugin`` file)."""
 from __future__ import annotations
 
 from splitpriv.config import build_registered
-from splitpriv.defenses.base import DEFENSES, CutContext, Defense, register_defense
-from splitpriv.defenses.compression import Bottleneck, Quantize, TopK
+from splitpriv.defenses.base import DEFENSES, Defense, register_defense
 from splitpriv.defenses.decoder_reconstruction import DecoderReconstruction
-from splitpriv.defenses.distance_correlation import DistanceCorrelation, distance_correlation
+from splitpriv.defenses.distance_correlation import DistanceCorrelation
 from splitpriv.defenses.dp_noise import DPNoise
 from splitpriv.defenses.dp_sgd import DPSGD
 
@@ -21,5 +19,5 @@ def build_defenses(specs: list[dict]) -> list[Defense]:
     return [build_defense(spec, f"defenses[{i}]") for i, spec in enumerate(specs)]
 
 
-__all__ = ["CutContext", "Defense", "DEFENSES", "register_defense", "build_defense", "build_defenses", "Bottleneck",
-           "Quantize", "TopK", "DistanceCorrelation", "DecoderReconstruction", "DPNoise", "DPSGD", "distance_correlation"]
+__all__ = ["Defense", "DEFENSES", "register_defense", "build_defense", "build_defenses", "DistanceCorrelation",
+           "DecoderReconstruction", "DPNoise", "DPSGD"]

@@ -28,7 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from splitpriv.defenses.base import CutContext, Defense, StepMean, is_number, register_defense
+from splitpriv.cut import ClientLossTerm, CutContext, StepMean, TrainablePart, is_number
+from splitpriv.defenses.base import Defense, register_defense
 from splitpriv.decoders import CAPACITIES, build_decoder
 from splitpriv.errors import ConfigError
 from splitpriv.measures import ssim
@@ -37,7 +38,7 @@ PENALTIES = ("mse", "ssim")
 
 
 @register_defense
-class DecoderReconstruction(Defense):
+class DecoderReconstruction(Defense, ClientLossTerm, TrainablePart):
     """Alternating game against a simulated attacker decoder (its optimizer: Adam, ``decoder_lr``)."""
 
     name = "decoder_reconstruction"
@@ -111,7 +112,7 @@ class DecoderReconstruction(Defense):
     def configure_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.decoder.parameters(), lr=self.decoder_lr)
 
-    def update(self, context: CutContext, optimizer: torch.optim.Optimizer | None) -> None:
+    def update(self, context: CutContext, optimizer: torch.optim.Optimizer) -> None:
         if self._client_mse is not None:
             # The client's backward of -w * MSE(D(z), x) left -w * dMSE/dθ_D on the decoder (whose
             # gradients the training step zeroed before it): the same decoder on the same message, so

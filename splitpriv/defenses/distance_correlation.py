@@ -12,7 +12,8 @@ import logging
 
 import torch
 
-from splitpriv.defenses.base import CutContext, Defense, StepMean, is_number, register_defense
+from splitpriv.cut import ClientLossTerm, CutContext, StepMean, is_number
+from splitpriv.defenses.base import Defense, register_defense
 from splitpriv.errors import ConfigError
 from splitpriv.measures import distance_correlation
 
@@ -20,7 +21,7 @@ log = logging.getLogger("splitpriv")
 
 
 @register_defense
-class DistanceCorrelation(Defense):
+class DistanceCorrelation(Defense, ClientLossTerm):
     """NoPeek regulariser: adds ``weight * DCor(x, message)`` to the client's objective.
 
     The cross-entropy enters with weight w_CE = 1 (the server's gradient), so ``weight`` is

@@ -36,7 +36,8 @@ import math
 import torch
 
 from splitpriv.defenses.accounting import composed_epsilon
-from splitpriv.defenses.base import Defense, NoiseModel, is_number, private_generator, register_defense
+from splitpriv.cut import MessageTransform, NoiseModel, is_number, private_generator
+from splitpriv.defenses.base import Defense, register_defense
 from splitpriv.errors import ConfigError
 
 MECHANISMS = ("laplace", "gaussian")
@@ -82,7 +83,7 @@ def clip_per_sample(message: torch.Tensor, clip: torch.Tensor | float, norm: flo
 
 
 @register_defense
-class DPNoise(Defense):
+class DPNoise(Defense, MessageTransform):
     """Per-sample clipping then Laplace or Gaussian noise on every message, at training and inference.
 
     Args:

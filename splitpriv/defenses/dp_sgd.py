@@ -45,7 +45,8 @@ from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 
-from splitpriv.defenses.base import Defense, is_number, private_generator, register_defense
+from splitpriv.cut import ClientLossTerm, TrainingPrivatizer, is_number, private_generator
+from splitpriv.defenses.base import Defense, register_defense
 from splitpriv.errors import ConfigError, SplitprivError
 
 log = logging.getLogger("splitpriv")
@@ -54,7 +55,7 @@ MIN_NOISE_MULTIPLIER = 0.1  # about 1e4 spent epsilon already for 1,000 steps at
 
 
 @register_defense
-class DPSGD(Defense):
+class DPSGD(Defense, TrainingPrivatizer):
     """Opacus DP-SGD for the client's optimizer; spent epsilon in the metrics every epoch.
 
     Args:
@@ -130,7 +131,7 @@ class DPSGD(Defense):
         return fixed
 
     def setup(self, module, private_train) -> None:
-        coupled = [d.name for d in module.defenses if type(d).client_loss is not Defense.client_loss]
+        coupled = [term.name for term in module.playing(ClientLossTerm)]
         if coupled:
             raise ConfigError("defenses", coupled, "no defense with a client loss term next to dp_sgd: those terms "
                               "couple the samples of a batch, so per-sample clipping would not bound them")

@@ -1,7 +1,7 @@
 """Compression of the message at the cut: ``quantize``, ``topk`` and a learned ``bottleneck``.
 
-Each is a :class:`~defenses.base.Defense` (so it composes with the privacy defenses in the same
-``defenses:`` list, applied in order) and a codec: ``encode`` serialises every sample's message as
+Each is a :class:`~splitpriv.cut.MessageTransform`, not a defense (listed under ``transforms:``, applied
+after the defenses' transforms, in order), and a codec: ``encode`` serialises every sample's message as
 it would be sent - values, scales, indices - into ``bytes``, ``decode`` rebuilds what the server
 computes with. ``wire_bytes_per_sample`` is the length of that serialisation, so the bytes
 splitpriv reports are bytes that really carry the message, not a formula.
@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from splitpriv.defenses.base import Defense, register_defense
+from splitpriv.cut import MessageTransform, TrainablePart
 from splitpriv.errors import ConfigError, RunStateError, SplitprivError
+from splitpriv.store import read_metrics, read_run_config
+from splitpriv.transforms.base import register_transform
 
 FP32_BYTES = 4
 
@@ -41,8 +43,8 @@ def _per_sample(tensor: torch.Tensor) -> list[np.ndarray]:
     return [row.detach().cpu().numpy() for row in tensor]
 
 
-@register_defense
-class Quantize(Defense):
+@register_transform
+class Quantize(MessageTransform):
     """Quantise the message: ``fp16`` or affine ``bits``-bit integers.
 
     Affine quantisation of each group G (one sample, or one channel of one sample)::
@@ -129,8 +131,8 @@ class Quantize(Defense):
         return {"bits": 16 if self.format == "fp16" else self.bits, "format": self.format, "per_channel": self.per_channel}
 
 
-@register_defense
-class TopK(Defense):
+@register_transform
+class TopK(MessageTransform):
     """Keep the ``k`` largest-magnitude entries of each sample's message, zero the rest."""
 
     name = "topk"
@@ -187,8 +189,8 @@ class TopK(Defense):
         return {"k": self.k}
 
 
-@register_defense
-class Bottleneck(Defense):
+@register_transform
+class Bottleneck(MessageTransform, TrainablePart):
     """A learned bottleneck: encoder (client) to ``rate`` of the channels, decoder (server) back.
 
     4-D messages (C, H, W) are reduced by 1x1 convolutions to max(1, round(rate * C)) channels;
@@ -274,14 +276,12 @@ class MeasuredMessage:
 
 def measured_message(run_path: str | Path) -> MeasuredMessage:
     """Read a trained run's config and metrics (no model is loaded)."""
-    from splitpriv.store import read_metrics, read_run_config
-
     folder = Path(run_path)
     if not (folder / "metrics.json").exists():
         raise SplitprivError(f"compression run {folder}: metrics.json is missing; train it first")
     config, _ = read_run_config(folder)
     metrics = read_metrics(folder)
-    specs = config.defenses
+    specs = [*config.defenses, *config.transforms]
     label = "+".join(s["name"] + "(" + ", ".join(f"{k}={v}" for k, v in s.items() if k != "name") + ")" for s in specs)
     try:
         return MeasuredMessage(label or "fp32", config.model.name, config.data.dataset, int(metrics["cut_layer"]),
