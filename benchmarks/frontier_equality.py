@@ -21,6 +21,16 @@ from splitpriv.sweep import PROVENANCE_FILE, read_frontier
 NOT_COMPARED = {"train_time_s", "attack_time_s"}  # wall times differ from run to run
 
 
+def relative(value, folder: Path):
+    """A path inside the sweep folder (a run, an attack.json) as it is relative to that folder."""
+    return value.replace(str(folder.resolve()), "<sweep>").replace(str(folder), "<sweep>") if isinstance(value, str) else value
+
+
+def cell(row: dict) -> str:
+    """A frontier row's cell: cut, defense, strength, seed and adaptations."""
+    return "-".join(str(row.get(column)) for column in ("cut_name", "defense", "strength", "seed", "compression", "exits"))
+
+
 def same(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float):
         return a == b or (math.isnan(a) and math.isnan(b))
@@ -36,7 +46,8 @@ def main() -> int:
     for folder in (args.before, args.after):
         provenance = json.loads((folder / PROVENANCE_FILE).read_text())["started"]
         print(f"{folder.name}: `{provenance.get('command', '?')}` at commit {provenance.get('commit', '?')}")
-        frontiers.append({row["key"]: row for row in read_frontier(folder / "frontier.csv")})
+        frontiers.append({cell(row): {column: relative(value, folder) for column, value in row.items()}
+                          for row in read_frontier(folder / "frontier.csv")})
     before, after = frontiers
     if set(before) != set(after):
         print(f"different cells: only before {sorted(set(before) - set(after))}, only after {sorted(set(after) - set(before))}")

@@ -96,6 +96,12 @@ PAGES = {
         "The default set's black-box decoders against a wide decoder trained to convergence on the whole proxy, at "
         "MNIST `pool` and `relu3`.",
         commands=["python benchmarks/decoder_strength.py --data-root {data_root}"], cheap=False),
+    "frontier-equality": Page(
+        "Behaviour unchanged by the architecture step",
+        "`experiments/default_sweep_pinned.yaml` (the default grid and attack set at two cuts, noise pinned) run at "
+        "the commit before the architecture step's second part and at the commit after it, compared row for row; "
+        "each folder's command and commit are printed first.",
+        commands=["python benchmarks/frontier_equality.py {before} {after}"], cheap=False),
     "planning": Page(
         "Where to cut: plans and the cost study",
         "The shipped planning scenarios without a sweep (privacy unknown), and the survey's IaaS/FaaS cost study.",
@@ -211,6 +217,8 @@ def main() -> None:
     parser.add_argument("pages", nargs="*", help=f"pages to generate, of {sorted(PAGES)} (default: every cheap page)")
     parser.add_argument("--from", dest="existing", type=Path, help="an existing sweep folder for a sweep page")
     parser.add_argument("--data-root", default="../shared/data", help="data sets, relative to the repository root")
+    parser.add_argument("--before", default="", help="frontier-equality: the sweep folder of the earlier commit")
+    parser.add_argument("--after", default="", help="frontier-equality: the sweep folder of the later commit")
     args = parser.parse_args()
     unknown = sorted(set(args.pages) - set(PAGES))
     if unknown:
@@ -218,7 +226,8 @@ def main() -> None:
     names = args.pages or [name for name, page in PAGES.items() if page.cheap]
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        values = {"tmp": tmp, "out": str(Path(tmp) / "runs"), "data_root": args.data_root}
+        values = {"tmp": tmp, "out": str(Path(tmp) / "runs"), "data_root": args.data_root, "before": args.before,
+                  "after": args.after}
         for name in names:
             print(f"generating {name} ...", flush=True)
             text = generate(name, PAGES[name], values, args.existing)
