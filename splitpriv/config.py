@@ -57,7 +57,7 @@ class OptimizerConfig:
 @dataclass
 class ModelConfig:
     name: str = field(default="small_cnn", metadata=flag(
-        "a registered model: small_cnn, mlp, vgg11, vgg16, resnet18, or a --plugin's", "model"))
+        "a registered model: small_cnn, mlp, vgg11, vgg11_bn, vgg16, resnet18, or a --plugin's", "model"))
     cut_layer: int | str | None = field(default=None, metadata=flag("cut index or block name; none: a middle cut"))
 
 
@@ -67,7 +67,12 @@ class TrainingConfig:
     batch_size: int = field(default=64, metadata={**POSITIVE_INT, **flag("samples per step")})
     client_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig, metadata=flag_prefix("client-"))
     server_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig, metadata=flag_prefix("server-"))
-    accelerator: str = field(default="cpu", metadata=one_of("cpu", "gpu", "auto"))
+    accelerator: str = field(default="auto", metadata={**one_of("auto", "cpu", "gpu"), **flag(
+        "where training (and attacks of the run) compute; auto: a GPU when torch sees one, else the CPU")})
+    # bf16-mixed: autocast to bfloat16 in forward passes (GPUs with bf16, and CPUs); 16-mixed would
+    # need the returned gradient unscaled at the cut, so it is not offered
+    precision: str = field(default="32-true", metadata={**one_of("32-true", "bf16-mixed"), **flag(
+        "numeric precision of training (Lightning's precision plugin)")})
     num_threads: int | None = field(default=None, metadata={**POSITIVE_INT, **flag("CPU threads for torch", "threads")})
     progress_bar: bool = True
 

@@ -29,5 +29,9 @@ class TrainingDiverged(SplitprivError):
     """The training loss became NaN or infinite (a learning rate or a defense too strong)."""
 
 
+class SweepIncomplete(SplitprivError):
+    """Some cells of a sweep failed; the others are in the frontier and a rerun retries the failed ones."""
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training: the finished epochs are saved; the message says how to continue."""

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from splitpriv.accelerators import resolve_accelerator
 from splitpriv.checkpointing import ContinuedCSVLogger, EpochCheckpoint
 from splitpriv.config import RunConfig
 from splitpriv.data import SplitData, make_splits
@@ -139,14 +140,14 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
     """
     cfg = cfg or RunConfig()
     quiet_lightning()
-    if cfg.training.accelerator == "gpu" and not torch.cuda.is_available():
-        raise ConfigError("training.accelerator", "gpu", "'cpu' or 'auto': this machine has no GPU that torch can use")
+    accelerator = resolve_accelerator(cfg.training.accelerator)
     import_plugins(cfg.plugins)
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
     build_cut_pipeline(cfg)  # invalid defense or transform parameters fail before any data is loaded
     data = data or make_splits(cfg.data, cfg.seed)
     module = build_module(cfg, data.info.num_classes, data.info.in_channels, data.info.image_size)
+    _check_precision(cfg.training.precision, module)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, cut_layer=module.cut_layer))
     run_dir = _run_dir(cfg, resume, force)
     checkpoint = run_dir / CHECKPOINT
@@ -169,11 +170,12 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
         loggers.append(wandb_logger)
     trainer = L.Trainer(
         max_epochs=cfg.training.epochs,
-        accelerator=cfg.training.accelerator,
+        accelerator=accelerator,
         devices=1,
+        precision=cfg.training.precision,
         # exact on CPU; on GPUs some kernels (e.g. bilinear upsampling's backward) have no
         # deterministic version, and the flag stays set for later work in the same process
-        deterministic=True if cfg.training.accelerator == "cpu" else "warn",
+        deterministic=True if accelerator == "cpu" else "warn",
         logger=loggers,
         callbacks=[EpochCheckpoint(checkpoint)],
         enable_progress_bar=cfg.training.progress_bar,
@@ -212,6 +214,13 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
         wandb_logger.experiment.finish()
     module.eval()
     return Run(run_dir, cfg, config_record["resolved"], metrics, module, data)
+
+
+def _check_precision(precision: str, module: SplitLearningModule) -> None:
+    for component in module.cut_pipeline:
+        if component.precisions is not None and precision not in component.precisions:
+            raise ConfigError("training.precision", precision, f"{' or '.join(component.precisions)} with "
+                              f"{component.name} (it does not work under {precision})")
 
 
 @contextlib.contextmanager

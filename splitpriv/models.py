@@ -204,16 +204,16 @@ def mlp(num_classes: int, in_channels: int, image_size: int) -> SplitModel:
     )
 
 
-def _vgg(config: str, num_classes: int, in_channels: int, image_size: int) -> SplitModel:
+def _vgg(config: str, num_classes: int, in_channels: int, image_size: int, batch_norm: bool = False) -> SplitModel:
     """torchvision's VGG topology for 32x32 inputs: no 7x7 adaptive pool, a classifier on the
-    512-d feature. Every layer of ``features`` (conv, ReLU, pool) is a cut point."""
-    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs[config], batch_norm=False)
+    512-d feature. Every layer of ``features`` (conv, BatchNorm, ReLU, pool) is a cut point."""
+    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs[config], batch_norm=batch_norm)
     if in_channels != 3:
         features[0] = nn.Conv2d(in_channels, 64, 3, padding=1)
     side = image_size // 32  # five 2x2 pools
     if side < 1:
         raise ConfigError("model.name", f"vgg on {image_size}x{image_size}", "images of at least 32x32")
-    kinds = {nn.Conv2d: "conv", nn.ReLU: "relu", nn.MaxPool2d: "pool"}
+    kinds = {nn.Conv2d: "conv", nn.BatchNorm2d: "bn", nn.ReLU: "relu", nn.MaxPool2d: "pool"}
     feature_blocks = [(f"features_{i}_{kinds[type(m)]}", m) for i, m in enumerate(features)]
     classifier = nn.Sequential(
         nn.Flatten(),
@@ -240,6 +240,12 @@ def _vgg(config: str, num_classes: int, in_channels: int, image_size: int) -> Sp
 @register_model("vgg11")
 def vgg11(num_classes: int, in_channels: int, image_size: int) -> SplitModel:
     return _vgg("A", num_classes, in_channels, image_size)
+
+
+@register_model("vgg11_bn")
+def vgg11_bn(num_classes: int, in_channels: int, image_size: int) -> SplitModel:
+    """VGG-11 with BatchNorm after every convolution, the variant ResSFL (Li et al. 2022) splits."""
+    return _vgg("A", num_classes, in_channels, image_size, batch_norm=True)
 
 
 @register_model("vgg16")

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import time
+import traceback
 from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,21 +30,24 @@ from splitpriv.attacks.threat_models import THREAT_MODELS
 from splitpriv.defenses import build_defenses
 from splitpriv.transforms import build_transform
 from splitpriv.config import SAFE_NAME, ExitsConfig, RunConfig, WandbConfig, check, from_dict, load_yaml
-from splitpriv.fields import flag, flag_prefix
+from splitpriv.executors import RAY_INSTALL, cell_executor
+from splitpriv.fields import flag, flag_prefix, one_of
 from splitpriv.data import make_splits
-from splitpriv.errors import ConfigError, RunStateError, SplitprivError
+from splitpriv.errors import ConfigError, RunStateError, SplitprivError, SweepIncomplete
 from splitpriv.experiment import quiet_lightning, train
 from splitpriv.models import build_model
 from splitpriv.profiling import count_flops
 from splitpriv.provenance import provenance
 from splitpriv.runs import load_run
 from splitpriv.store import CHECKPOINT, METRICS_FILE, atomic_append_line, atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_text, atomic_write_yaml, import_plugins, json_text, pyplot
-from splitpriv.workers import exclusive_sweep_folder, worker_pool
+from splitpriv.workers import exclusive_sweep_folder
 from splitpriv.tracking import log_run
 
 SWEEP_FILE, RESULTS_FILE, FRONTIER_CSV, FRONTIER_PNG = "sweep.yaml", "results.jsonl", "frontier.csv", "frontier.png"
+FAILURES_FILE = "failures.jsonl"  # one line per failed attempt of a cell: its key and why
 PROVENANCE_FILE, DAMAGED_RESULTS_FILE, SWEEP_MARKER = "provenance.json", "results.damaged.jsonl", ".splitpriv-sweep"
-FREE_TO_CHANGE = {"out", "workers"}  # where the folder lives and how many processes run: a resume may change them
+# where the folder lives and where and how many cells compute at once: a resume may change them
+FREE_TO_CHANGE = {"out", "workers", "executor", "address", "cell_cpus", "cell_gpus"}
 # per threat model: the worst case of each leakage metric over the attacks it admits (column -> attack.json key)
 THREAT_COLUMNS = {"worst_mse": "mse", "worst_psnr": "psnr", "worst_ssim": "ssim",
                   "reconstruction_classifier_accuracy": "classifier_accuracy", "recognisable_share": "recognisable_share",
@@ -100,7 +104,15 @@ class SweepConfig:
     attack: AttackSettings = field(default_factory=lambda: AttackSettings(**DEFAULT_SWEEP_ATTACK))
     wandb: WandbConfig = field(default_factory=WandbConfig, metadata=flag_prefix("wandb-"))
     workers: int = field(default=2, metadata={**check(lambda v: 1 <= v <= 256, "an integer in [1, 256]"),
-                                              **flag("cells run in parallel processes")})
+                                              **flag("cells run in parallel processes (local executor)")})
+    executor: str = field(default="local", metadata={**one_of("local", "ray"), **flag(
+        f"where cells run: local worker processes, or Ray tasks ({RAY_INSTALL})")})
+    address: str | None = field(default=None, metadata=flag(
+        "the Ray cluster to run on (ray://HOST:10001, or auto); none: a local Ray on this machine"))
+    cell_cpus: float = field(default=1.0, metadata={**check(lambda v: 0 < v <= 1024, "a number in (0, 1024]"), **flag(
+        "CPUs each cell's Ray task holds (its torch threads: the whole part, at least 1)")})
+    cell_gpus: float = field(default=0.0, metadata={**check(lambda v: 0 <= v <= 64, "a number in [0, 64]"), **flag(
+        "GPUs each cell's Ray task holds; a fraction places several cells on one GPU, e.g. 0.25")})
     plugins: list[str] = field(default_factory=list)
     # adaptations at the cut, crossed with every defense setting: compressions of the message
     # ({name: none} = fp32) and early-exit configurations ({} = none; an exit model is attacked
@@ -284,9 +296,18 @@ def _trained(run_cfg: RunConfig, tracking: dict):
     return train(run_cfg, resume=resume, force=not resume, data=_splits(run_cfg), tracking=tracking)
 
 
+def cell_threads(cfg: SweepConfig) -> int | None:
+    """Torch threads per cell: a Ray task's whole CPUs; one per local worker process when several
+    run (threads of tiny ops only spin-wait for each other); else torch's default."""
+    if cfg.executor == "ray":
+        return max(1, int(cfg.cell_cpus))
+    return 1 if cfg.workers > 1 else None
+
+
 def _worker_setup(cfg: SweepConfig) -> None:
-    if cfg.workers > 1:  # one thread per process: threads of tiny ops only spin-wait for each other
-        torch.set_num_threads(1)
+    threads = cell_threads(cfg)
+    if threads:
+        torch.set_num_threads(threads)
     quiet_lightning()
     import_plugins(cfg.plugins)  # the sweep config's own plugins, which its runs were trained with
 
@@ -486,29 +507,79 @@ def _run_cells(cfg: SweepConfig, cells: list[Cell], model, sweep_dir: Path, star
         progress(f"cell {len(done) + count}/{len(cells)} {row['key']}: acc {row['test_accuracy']:.3f} worst mse {leaks} "
                  f"| elapsed {elapsed:.0f}s, ETA {eta:.0f}s")
 
-    if cfg.workers == 1 or len(pending) <= 1:
+    failures: dict[str, str] = {}
+
+    def failed(cell: Cell, error: BaseException | str) -> None:
+        failures[cell.key] = reason = error if isinstance(error, str) else failure_reason(error)
+        record = {"key": cell.key, "reason": reason, "executor": cfg.executor, "time": time.time()}
+        if isinstance(error, BaseException) and not isinstance(error, SplitprivError):
+            record["traceback"] = "".join(traceback.format_exception(error))[-20_000:]
+        atomic_append_line(sweep_dir / FAILURES_FILE, json_text(record))
+        progress(f"cell {cell.key} failed: {reason}")
+
+    if cfg.executor == "local" and (cfg.workers == 1 or len(pending) <= 1):
         classifiers = {seed: _classifier(cfg, seed) for seed in seeds}
+        broken = {}
         for cell in shared:
-            train_shared(cfg, cell)
+            try:
+                train_shared(cfg, cell)
+            except Exception as error:
+                broken[cell.training_key] = failure_reason(error)
         for count, cell in enumerate(pending, 1):
-            finished(run_cell(cfg, cell, sweep_dir, classifiers[cell.seed]), count)
+            if cell.training_key in broken:
+                failed(cell, f"its shared training failed: {broken[cell.training_key]}")
+                continue
+            try:
+                finished(run_cell(cfg, cell, sweep_dir, classifiers[cell.seed]), count)
+            except Exception as error:
+                failed(cell, error)
     else:
-        with worker_pool(min(cfg.workers, len(pending)), sweep_dir) as pool:
+        with cell_executor(cfg.executor, min(cfg.workers, len(pending)), sweep_dir, address=cfg.address,
+                           cpus=cfg.cell_cpus, gpus=cfg.cell_gpus) as executor:
             # no core idles at the start: the shared trainings run in the pool while this process
             # fits the attacker's classifier; the defended cells go first, the undefended ones
             # once their shared training is done
-            trainings = [pool.submit(train_shared, cfg, cell) for cell in shared]
+            trainings = {cell.training_key: executor.submit(train_shared, cfg, cell) for cell in shared}
             classifiers = {seed: _classifier(cfg, seed) for seed in seeds}
-            futures = [pool.submit(run_cell, cfg, cell, sweep_dir, classifiers[cell.seed]) for cell in pending if cell.trained_at_its_cut]
-            for training in trainings:
-                training.result()
-            futures += [pool.submit(run_cell, cfg, cell, sweep_dir, classifiers[cell.seed]) for cell in pending if not cell.trained_at_its_cut]
+            futures = {executor.submit(run_cell, cfg, cell, sweep_dir, classifiers[cell.seed]): cell
+                       for cell in pending if cell.trained_at_its_cut}
+            broken = {}
+            for key, training in trainings.items():
+                try:
+                    training.result()
+                except Exception as error:
+                    broken[key] = failure_reason(error)
+            for cell in pending:
+                if cell.trained_at_its_cut:
+                    continue
+                if cell.training_key in broken:
+                    failed(cell, f"its shared training failed: {broken[cell.training_key]}")
+                else:
+                    futures[executor.submit(run_cell, cfg, cell, sweep_dir, classifiers[cell.seed])] = cell
             for count, future in enumerate(as_completed(futures), 1):
-                finished(future.result(), count)
+                try:
+                    finished(future.result(), count)
+                except Exception as error:
+                    failed(futures[future], error)
 
     rows = write_frontier(sweep_dir, cells)
     log_summary(cfg, sweep_dir, rows)
+    if failures:
+        listed = "; ".join(f"{key}: {reason}" for key, reason in list(failures.items())[:3])
+        raise SweepIncomplete(f"{len(failures)} of {len(cells)} cells failed ({listed}{'; ...' if len(failures) > 3 else ''}); "
+                              f"every reason is in {sweep_dir / FAILURES_FILE}, the finished cells are in the frontier: "
+                              f"rerun the same command to retry the failed cells")
     return rows
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line on why a cell failed: a user-fixable error's message, else the exception (for a Ray
+    task, the exception it raised on its worker)."""
+    cause = getattr(error, "cause", None) or error
+    if isinstance(cause, SplitprivError):
+        return str(cause)
+    text = " ".join(str(cause).split())
+    return f"{type(cause).__name__}: {text}"[:1000]
 
 
 def write_frontier(sweep_dir: Path, cells: list[Cell]) -> list[dict]:

@@ -160,9 +160,9 @@ class SplitLearningModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        # the plain optimizers and backward: the parties' updates need none of Lightning's per-call
-        # hooks, which would cost more than the split itself on small models
-        optimizers = self.optimizers(use_pl_optimizer=False)
+        # Lightning's wrapped optimizers and manual_backward: its precision plugin (e.g. bf16-mixed)
+        # and strategy see every update
+        optimizers = self.optimizers()
         client_opt, server_opt = optimizers[0], optimizers[1]
         activation, message, client_exit_logits = self.client_forward(x, training=True)
 
@@ -170,7 +170,7 @@ class SplitLearningModule(L.LightningModule):
         logits, server_exit_logits = run_blocks(self.server, self.server_exits, sent)
         loss = F.cross_entropy(logits, y)
         server_opt.zero_grad()
-        (loss + self.exit_loss(self.server_exits, server_exit_logits, y) if server_exit_logits else loss).backward()
+        self.manual_backward(loss + self.exit_loss(self.server_exits, server_exit_logits, y) if server_exit_logits else loss)
         server_opt.step()
         returned_gradient = sent.grad  # the network boundary, backward
 
@@ -189,7 +189,7 @@ class SplitLearningModule(L.LightningModule):
             # a part may read what the client's backward leaves on it (the decoder defense does),
             # so nothing of the previous step may remain there
             part_optimizer.zero_grad()
-        client_objective.backward()
+        self.manual_backward(client_objective)
         client_opt.step()
 
         for part, part_optimizer in parts:

@@ -38,6 +38,18 @@ def _lock(path: Path, mode: int):
     return handle
 
 
+@contextlib.contextmanager
+def hold_lock(path: Path, mode: int):
+    """Hold a flock of ``mode`` on ``path`` while the block runs, where it can be taken (a folder this
+    machine does not see, or a lock another holds, leaves the block unlocked)."""
+    handle = _lock(path, mode) if path.parent.is_dir() else None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()
+
+
 def lock_path(folder: Path, kind: str) -> Path:
     """The lock files live beside the sweep folder (``.<name>.sweep.lock``): taking them changes nothing
     inside it, and ``--force`` emptying it leaves them alone."""

@@ -9,7 +9,7 @@ from splitpriv.models import MODELS, SplitModel, build_model, register_model
 # (model, in_channels, image_size): every built-in model on the input it is meant for
 BUILT_IN = [
     ("small_cnn", 1, 8), ("small_cnn", 1, 28), ("small_cnn", 3, 32), ("mlp", 1, 8), ("mlp", 3, 32),
-    ("vgg11", 3, 32), ("vgg16", 3, 32), ("resnet18", 3, 32),
+    ("vgg11", 3, 32), ("vgg11_bn", 3, 32), ("vgg16", 3, 32), ("resnet18", 3, 32),
 ]
 
 

@@ -75,6 +75,7 @@ class DPSGD(Defense, TrainingPrivatizer):
                       "max_grad_norm": "per-sample gradient clipping norm", "delta": "delta per sample in (0, 1)",
                       "accountant": "rdp, prv or gdp",
                       "noise_seed": "fix the noise and sampling generator (reproducible runs only)"}
+    precisions = ("32-true",)  # Opacus' per-sample gradients are float32: autocast's bfloat16 ones are refused
 
     def __init__(self, noise_multiplier: float | None = None, target_epsilon: float | None = None,
                  max_grad_norm: float = 1.0, delta: float = 1e-5, accountant: str = "rdp", noise_seed: int | None = None):
