@@ -17,8 +17,11 @@ import contextlib
 import fcntl
 import os
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
+
+import torch
 
 from splitpriv.errors import SplitprivError
 from splitpriv.workers import WORKERS_LOCK, hold_lock, lock_path, worker_pool
@@ -34,15 +37,66 @@ class CellExecutor(Protocol):
 @contextlib.contextmanager
 def cell_executor(kind: str, workers: int, folder: Path, *, address: str | None = None, cpus: float = 1.0,
                   gpus: float = 0.0) -> Iterator[CellExecutor]:
-    """``local``: ``workers`` processes that die with this one; ``ray``: a task per submission with
+    """``local``: ``workers`` processes that die with this one, spread over this machine's GPUs;
+    ``ray``: a task per submission with
     ``cpus`` CPUs and ``gpus`` GPUs (fractions share a GPU), on the Ray at ``address`` (none: a
     local Ray started here and stopped afterwards)."""
     if kind == "local":
-        with worker_pool(workers, folder) as pool:
+        with worker_pool(workers, folder, _visible_gpus()) as pool:
             yield pool
         return
     with _ray(address) as ray:
         yield RayExecutor(ray, folder, cpus, gpus)
+
+
+@contextlib.contextmanager
+def inline_executor() -> Iterator[CellExecutor]:
+    """Runs each submission in this process when its outcome is first asked for (one worker)."""
+    yield _Inline()
+
+
+class _Inline:
+    def submit(self, function: Callable[..., Any], /, *args: Any) -> Future:
+        return _Deferred(function, args)
+
+
+class _Deferred(Future):
+    """A future whose function runs here when ``result`` or ``exception`` is first called."""
+
+    def __init__(self, function: Callable[..., Any], args: tuple):
+        super().__init__()
+        self._call: tuple | None = (function, args)
+
+    def _run(self) -> None:
+        if self._call is not None:
+            (function, args), self._call = self._call, None
+            try:
+                self.set_result(function(*args))
+            except Exception as error:
+                self.set_exception(error)
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._run()
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._run()
+        return super().exception(timeout)
+
+
+def submit(executor: CellExecutor, function: Callable[..., Any], /, *args: Any) -> Future:
+    """``executor.submit``; a local pool that a dead worker broke answers with a failed future, not
+    an exception, so the cells still to submit are counted lost like those it was running."""
+    try:
+        return executor.submit(function, *args)
+    except BrokenProcessPool as error:
+        future: Future = Future()
+        future.set_exception(error)
+        return future
+
+
+def _visible_gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def import_ray():

@@ -16,6 +16,7 @@ import shutil
 import time
 import traceback
 from concurrent.futures import as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -30,7 +31,7 @@ from splitpriv.attacks.threat_models import THREAT_MODELS
 from splitpriv.defenses import build_defenses
 from splitpriv.transforms import build_transform
 from splitpriv.config import SAFE_NAME, ExitsConfig, RunConfig, WandbConfig, check, from_dict, load_yaml
-from splitpriv.executors import RAY_INSTALL, cell_executor
+from splitpriv.executors import RAY_INSTALL, cell_executor, inline_executor, submit
 from splitpriv.fields import flag, flag_prefix, one_of
 from splitpriv.data import make_splits
 from splitpriv.errors import ConfigError, RunStateError, SplitprivError, SweepIncomplete
@@ -45,6 +46,7 @@ from splitpriv.tracking import log_run
 
 SWEEP_FILE, RESULTS_FILE, FRONTIER_CSV, FRONTIER_PNG = "sweep.yaml", "results.jsonl", "frontier.csv", "frontier.png"
 FAILURES_FILE = "failures.jsonl"  # one line per failed attempt of a cell: its key and why
+LOCAL_ATTEMPTS = 3  # rounds of local worker processes for cells whose worker died (Ray retries on its own)
 PROVENANCE_FILE, DAMAGED_RESULTS_FILE, SWEEP_MARKER = "provenance.json", "results.damaged.jsonl", ".splitpriv-sweep"
 # where the folder lives and where and how many cells compute at once: a resume may change them
 FREE_TO_CHANGE = {"out", "workers", "executor", "address", "cell_cpus", "cell_gpus"}
@@ -494,20 +496,18 @@ def _run_cells(cfg: SweepConfig, cells: list[Cell], model, sweep_dir: Path, star
     done = finished_rows(sweep_dir)
     pending = [cell for cell in cells if cell.key not in done]
     progress(f"sweep {cfg.sweep_name()}: {len(cells)} cells ({len(cells) - len(pending)} already finished) -> {sweep_dir}")
-    seeds = [seed for seed in cfg.seeds if any(c.seed == seed for c in pending)]
-    # the shared undefended trainings, one per seed (and early-exit configuration)
-    shared = [dataclasses.replace(c, cut_layer=model.default_cut()) for c in
-              {c.training_key: c for c in pending if not c.trained_at_its_cut}.values()]
+    finished_count = 0
+    failures: dict[str, str] = {}
 
-    def finished(row: dict, count: int) -> None:
+    def finished(row: dict) -> None:
+        nonlocal finished_count
+        finished_count += 1
         atomic_append_line(sweep_dir / RESULTS_FILE, json_text(row))
         elapsed = time.perf_counter() - started
-        eta = elapsed / count * (len(pending) - count)
-        leaks = " ".join(f"{model} {_number(row[f'worst_mse_{model}'], '.4f')}" for model in THREAT_MODELS)
-        progress(f"cell {len(done) + count}/{len(cells)} {row['key']}: acc {row['test_accuracy']:.3f} worst mse {leaks} "
-                 f"| elapsed {elapsed:.0f}s, ETA {eta:.0f}s")
-
-    failures: dict[str, str] = {}
+        eta = elapsed / finished_count * (len(pending) - finished_count - len(failures))
+        leaks = " ".join(f"{threat} {_number(row[f'worst_mse_{threat}'], '.4f')}" for threat in THREAT_MODELS)
+        progress(f"cell {len(done) + finished_count}/{len(cells)} {row['key']}: acc {row['test_accuracy']:.3f} worst mse "
+                 f"{leaks} | elapsed {elapsed:.0f}s, ETA {max(eta, 0):.0f}s")
 
     def failed(cell: Cell, error: BaseException | str) -> None:
         failures[cell.key] = reason = error if isinstance(error, str) else failure_reason(error)
@@ -517,50 +517,15 @@ def _run_cells(cfg: SweepConfig, cells: list[Cell], model, sweep_dir: Path, star
         atomic_append_line(sweep_dir / FAILURES_FILE, json_text(record))
         progress(f"cell {cell.key} failed: {reason}")
 
-    if cfg.executor == "local" and (cfg.workers == 1 or len(pending) <= 1):
-        classifiers = {seed: _classifier(cfg, seed) for seed in seeds}
-        broken = {}
-        for cell in shared:
-            try:
-                train_shared(cfg, cell)
-            except Exception as error:
-                broken[cell.training_key] = failure_reason(error)
-        for count, cell in enumerate(pending, 1):
-            if cell.training_key in broken:
-                failed(cell, f"its shared training failed: {broken[cell.training_key]}")
-                continue
-            try:
-                finished(run_cell(cfg, cell, sweep_dir, classifiers[cell.seed]), count)
-            except Exception as error:
-                failed(cell, error)
-    else:
-        with cell_executor(cfg.executor, min(cfg.workers, len(pending)), sweep_dir, address=cfg.address,
-                           cpus=cfg.cell_cpus, gpus=cfg.cell_gpus) as executor:
-            # no core idles at the start: the shared trainings run in the pool while this process
-            # fits the attacker's classifier; the defended cells go first, the undefended ones
-            # once their shared training is done
-            trainings = {cell.training_key: executor.submit(train_shared, cfg, cell) for cell in shared}
-            classifiers = {seed: _classifier(cfg, seed) for seed in seeds}
-            futures = {executor.submit(run_cell, cfg, cell, sweep_dir, classifiers[cell.seed]): cell
-                       for cell in pending if cell.trained_at_its_cut}
-            broken = {}
-            for key, training in trainings.items():
-                try:
-                    training.result()
-                except Exception as error:
-                    broken[key] = failure_reason(error)
-            for cell in pending:
-                if cell.trained_at_its_cut:
-                    continue
-                if cell.training_key in broken:
-                    failed(cell, f"its shared training failed: {broken[cell.training_key]}")
-                else:
-                    futures[executor.submit(run_cell, cfg, cell, sweep_dir, classifiers[cell.seed])] = cell
-            for count, future in enumerate(as_completed(futures), 1):
-                try:
-                    finished(future.result(), count)
-                except Exception as error:
-                    failed(futures[future], error)
+    todo = pending
+    for attempt in range(1, LOCAL_ATTEMPTS + 1):
+        todo = _run_round(cfg, todo, model.default_cut(), sweep_dir, finished, failed)
+        if not todo:
+            break
+        if attempt < LOCAL_ATTEMPTS:
+            progress(f"a worker process died: its {len(todo)} unfinished cell(s) run again in new processes")
+    for cell in todo:
+        failed(cell, f"its worker process died {LOCAL_ATTEMPTS} times (killed, or out of memory?)")
 
     rows = write_frontier(sweep_dir, cells)
     log_summary(cfg, sweep_dir, rows)
@@ -570,6 +535,52 @@ def _run_cells(cfg: SweepConfig, cells: list[Cell], model, sweep_dir: Path, star
                               f"every reason is in {sweep_dir / FAILURES_FILE}, the finished cells are in the frontier: "
                               f"rerun the same command to retry the failed cells")
     return rows
+
+
+def _run_round(cfg: SweepConfig, pending: list[Cell], default_cut: int, sweep_dir: Path,
+               finished: Callable[[dict], None], failed: Callable[[Cell, BaseException | str], None]) -> list[Cell]:
+    """Run ``pending`` on the sweep's executor; the cells lost with a dead local worker process
+    (Python's process pool breaks with it) are returned to be run again."""
+    seeds = [seed for seed in cfg.seeds if any(c.seed == seed for c in pending)]
+    # the shared undefended trainings, one per seed (and early-exit configuration)
+    shared = [dataclasses.replace(c, cut_layer=default_cut) for c in
+              {c.training_key: c for c in pending if not c.trained_at_its_cut}.values()]
+    inline = cfg.executor == "local" and (cfg.workers == 1 or len(pending) <= 1)
+    lost: list[Cell] = []
+    with (inline_executor() if inline else cell_executor(
+            cfg.executor, min(cfg.workers, len(pending)), sweep_dir, address=cfg.address, cpus=cfg.cell_cpus,
+            gpus=cfg.cell_gpus)) as executor:
+        # no core idles at the start: the shared trainings run in the pool while this process fits
+        # the attacker's classifier; the defended cells go first, the undefended ones once their
+        # shared training is done
+        trainings = {cell.training_key: submit(executor, train_shared, cfg, cell) for cell in shared}
+        classifiers = {seed: _classifier(cfg, seed) for seed in seeds}
+        futures = {submit(executor, run_cell, cfg, cell, sweep_dir, classifiers[cell.seed]): cell
+                   for cell in pending if cell.trained_at_its_cut}
+        broken: dict[str, BaseException] = {}
+        for key, training in trainings.items():
+            if training.exception() is not None:  # waits for the training
+                broken[key] = training.exception()
+        for cell in pending:
+            if cell.trained_at_its_cut:
+                continue
+            error = broken.get(cell.training_key)
+            if isinstance(error, BrokenProcessPool):
+                lost.append(cell)
+            elif error is not None:
+                failed(cell, f"its shared training failed: {failure_reason(error)}")
+            else:
+                futures[submit(executor, run_cell, cfg, cell, sweep_dir, classifiers[cell.seed])] = cell
+        # inline futures run when asked, so in submission order; a pool's as they complete
+        for future in (futures if inline else as_completed(futures)):
+            error = future.exception()
+            if error is None:
+                finished(future.result())
+            elif isinstance(error, BrokenProcessPool):
+                lost.append(futures[future])
+            else:
+                failed(futures[future], error)
+    return lost
 
 
 def failure_reason(error: BaseException) -> str:

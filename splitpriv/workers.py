@@ -95,7 +95,20 @@ def _die_with_parent(parent_pid: int, workers_lock: str) -> None:
     threading.Thread(target=watch, name="splitpriv-parent-watch", daemon=True).start()
 
 
-def worker_pool(workers: int, folder: Path) -> ProcessPoolExecutor:
-    """``workers`` spawned processes for the sweep in ``folder`` that die with this process."""
-    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_die_with_parent,
-                               initargs=(os.getpid(), str(lock_path(folder, WORKERS_LOCK))))
+def _start_worker(parent_pid: int, workers_lock: str, started, gpus: int) -> None:
+    """Worker initializer: with ``gpus`` GPUs, the k-th worker started sees only GPU k mod ``gpus``
+    (set before anything initialises CUDA), so the cells spread over the GPUs, several per GPU when
+    there are more workers than GPUs."""
+    if gpus:
+        with started.get_lock():
+            index, started.value = started.value, started.value + 1
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+    _die_with_parent(parent_pid, workers_lock)
+
+
+def worker_pool(workers: int, folder: Path, gpus: int = 0) -> ProcessPoolExecutor:
+    """``workers`` spawned processes for the sweep in ``folder`` that die with this process, spread
+    over ``gpus`` GPUs."""
+    context = get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                               initargs=(os.getpid(), str(lock_path(folder, WORKERS_LOCK)), context.Value("i", 0), gpus))

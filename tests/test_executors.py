@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import importlib.util
 import json
 import os
 import signal
@@ -19,7 +20,8 @@ from splitpriv import sweep
 from splitpriv.errors import SweepIncomplete
 from splitpriv.workers import WORKERS_LOCK, lock_path
 
-ray = pytest.importorskip("ray", reason="the Ray executor's tests need Ray: pip install -e '.[ray]'")
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="the Ray executor's tests need Ray: pip install -e '.[ray]'")
 
 ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "RAY_DISABLE_USAGE_STATS": "1"}
 TIMES = {"train_time_s", "attack_time_s"}  # wall times: the only columns that may differ between executors
@@ -112,21 +114,12 @@ def write_config(path: Path, values: dict) -> Path:
     return path
 
 
-def test_ray_and_local_executors_give_the_same_frontier(tmp_path):
-    local = sweep.run_sweep(sweep.load_sweep_config({**GRID, "out": str(tmp_path / "local")}), progress=lambda line: None)
-    ran = run_cli(write_config(tmp_path / "grid.yaml", {**GRID, "out": str(tmp_path / "ray")}), "--executor", "ray")
-    assert ran.returncode == 0, ran.stderr[-3000:]
-    assert len(local) == 4
-    assert frontier(tmp_path / "ray" / "grid" / sweep.FRONTIER_CSV) == frontier(tmp_path / "local" / "grid" / sweep.FRONTIER_CSV)
-    assert sorted(result_keys(tmp_path / "ray" / "grid")) == sorted(sweep_key(row) for row in local)
-    assert not (tmp_path / "ray" / "grid" / sweep.FAILURES_FILE).exists()
-
-
 def sweep_key(row: dict) -> str:
     strength = "" if row["strength"] is None else f"-{row['strength']:g}"
     return f"cut{row['cut_layer']}-{row['defense']}{strength}-seed{row['seed']}"
 
 
+@needs_ray
 def test_a_ray_sweep_killed_mid_run_resumes_with_no_cell_lost_or_run_twice(tmp_path):
     config = write_config(tmp_path / "grid.yaml", {**GRID, "out": str(tmp_path)})
     folder = tmp_path / "grid"
@@ -148,16 +141,52 @@ def test_a_ray_sweep_killed_mid_run_resumes_with_no_cell_lost_or_run_twice(tmp_p
     assert len(keys) == len(set(keys)) == 4
 
 
-def test_a_dead_ray_worker_costs_a_retry_not_the_sweep(tmp_path):
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local 2-CPU Ray for the in-process tests below (the sweep uses a Ray it finds running)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+             runtime_env={"env_vars": {"WANDB_MODE": "disabled"}})
+    yield
+    ray.shutdown()
+
+
+@needs_ray
+def test_ray_and_local_executors_give_the_same_frontier(tmp_path, local_ray):
+    local = sweep.run_sweep(sweep.load_sweep_config({**GRID, "out": str(tmp_path / "local")}), progress=lambda line: None)
+    on_ray = sweep.run_sweep(sweep.load_sweep_config({**GRID, "out": str(tmp_path / "ray"), "executor": "ray"}),
+                             progress=lambda line: None)
+    assert len(local) == len(on_ray) == 4
+    assert frontier(tmp_path / "ray" / "grid" / sweep.FRONTIER_CSV) == frontier(tmp_path / "local" / "grid" / sweep.FRONTIER_CSV)
+    assert sorted(result_keys(tmp_path / "ray" / "grid")) == sorted(sweep_key(row) for row in local)
+    assert not (tmp_path / "ray" / "grid" / sweep.FAILURES_FILE).exists()
+
+
+@needs_ray
+def test_a_dead_ray_worker_costs_a_retry_not_the_sweep(tmp_path, local_ray):
     plugin = tmp_path / "faulty.py"
     plugin.write_text(FAULTY_DEFENSE)
     marker = tmp_path / "died-once"
     values = {**GRID, "out": str(tmp_path), "cuts": ["pool"], "plugins": [str(plugin)],
               "defenses": [{"name": "none"}, {"name": "faulty", "params": {"fault": "die", "marker": str(marker)}}]}
-    ran = run_cli(write_config(tmp_path / "grid.yaml", values), "--executor", "ray")
-    assert ran.returncode == 0, ran.stderr[-3000:]
+    sweep.run_sweep(sweep.load_sweep_config({**values, "executor": "ray"}), progress=lambda line: None)
     assert marker.exists()  # the first attempt died
     assert sorted(result_keys(tmp_path / "grid")) == ["cut4-faulty-seed0", "cut4-none-seed0"]
+
+
+def test_a_dead_local_worker_costs_a_new_process_not_the_sweep(tmp_path):
+    """Python's process pool breaks when a worker dies: the cells it held run again in new processes."""
+    plugin = tmp_path / "faulty.py"
+    plugin.write_text(FAULTY_DEFENSE)
+    marker = tmp_path / "died-once"
+    values = {**GRID, "out": str(tmp_path), "cuts": ["pool"], "plugins": [str(plugin)],
+              "defenses": [{"name": "none"}, {"name": "faulty", "params": {"fault": "die", "marker": str(marker)}}]}
+    lines = []
+    sweep.run_sweep(sweep.load_sweep_config(values), progress=lines.append)
+    assert marker.exists() and any("worker process died" in line for line in lines)
+    assert sorted(result_keys(tmp_path / "grid")) == ["cut4-faulty-seed0", "cut4-none-seed0"]
+    assert not (tmp_path / "grid" / sweep.FAILURES_FILE).exists()
 
 
 def test_a_failing_cell_is_reported_with_its_reason_and_the_other_cells_finish(tmp_path):
@@ -172,3 +201,22 @@ def test_a_failing_cell_is_reported_with_its_reason_and_the_other_cells_finish(t
     assert [row["defense"] for row in frontier(folder / sweep.FRONTIER_CSV)] == ["none"]
     failure = json.loads((folder / sweep.FAILURES_FILE).read_text())
     assert failure["key"] == "cut4-faulty-seed0" and "failed on purpose" in failure["traceback"]
+
+
+def _visible_devices_once_all_started(folder: str, workers: int) -> tuple[int, str]:
+    """Blocks this worker until ``workers`` tasks run at once: each then ran in its own worker."""
+    Path(folder, str(os.getpid())).touch()
+    _wait_for(lambda: len(list(Path(folder).iterdir())) >= workers, timeout_s=120)
+    return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+def test_local_workers_spread_over_the_gpus_several_per_gpu(tmp_path):
+    """Three workers on two GPUs: each worker sees one GPU, two see different ones, the third shares."""
+    from splitpriv.workers import worker_pool
+
+    started = tmp_path / "started"
+    started.mkdir()
+    with worker_pool(3, tmp_path / "sweep", gpus=2) as pool:
+        futures = [pool.submit(_visible_devices_once_all_started, str(started), 3) for _ in range(3)]
+        seen = dict(future.result() for future in futures)
+    assert sorted(seen.values()) == ["0", "0", "1"]
