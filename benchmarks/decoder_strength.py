@@ -31,7 +31,7 @@ def main() -> None:
     for cut in args.cuts:
         record = run_attacks(trained.recut(cut), AttackSettings(attacks=[*black_box, STRONG], samples=args.samples,
                                                                 classifier_max_epochs=1),
-                             out_dir=f"{args.out}/{cut}", progress=None)
+                             out_dir=f"{args.out}/{cut}", progress=lambda line: print(f"{cut}: {line}", flush=True))
         for label, result in record["attacks"].items():
             summary = result["summary"]
             print(f"{cut:6s} {label:34s} {result['mse']:8.4f} {result['ssim']:6.3f} {summary['epochs']!s:>6s} "

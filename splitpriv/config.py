@@ -68,7 +68,7 @@ class TrainingConfig:
     client_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig, metadata=flag_prefix("client-"))
     server_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig, metadata=flag_prefix("server-"))
     accelerator: str = field(default="auto", metadata={**one_of("auto", "cpu", "gpu"), **flag(
-        "where training (and attacks of the run) compute; auto: a GPU when torch sees one, else the CPU")})
+        "where training computes; auto: a GPU when torch sees one, else the CPU")})
     # bf16-mixed: autocast to bfloat16 in forward passes (GPUs with bf16, and CPUs); 16-mixed would
     # need the returned gradient unscaled at the cut, so it is not offered
     precision: str = field(default="32-true", metadata={**one_of("32-true", "bf16-mixed"), **flag(

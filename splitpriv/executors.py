@@ -27,7 +27,7 @@ from splitpriv.errors import SplitprivError
 from splitpriv.workers import WORKERS_LOCK, hold_lock, lock_path, worker_pool
 
 RAY_RETRIES = 2  # re-executions of a task whose worker process died
-RAY_INSTALL = "pip install -e '.[ray]' (or pip install 'ray>=2.40')"
+RAY_INSTALL = "pip install -e '.[ray]', or pip install 'ray>=2.40'"
 
 
 class CellExecutor(Protocol):

@@ -1,5 +1,6 @@
 import os
 import statistics
+import time
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,12 @@ def assert_higher(higher: list[float], lower: list[float], what: str) -> None:
     difference = statistics.mean(higher) - statistics.mean(lower)
     t, p = stats.ttest_ind(higher, lower, equal_var=False, alternative="greater")
     assert difference > 0 and p < 0.05, f"{what}: {higher} vs {lower} (t {t:.2f}, p {p:.3f})"
+
+
+def wait_for(predicate, timeout_s: float = 120.0) -> None:
+    """Poll ``predicate`` until it holds; a TimeoutError after ``timeout_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the condition did not come true in time")
+        time.sleep(0.05)

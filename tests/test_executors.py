@@ -10,12 +10,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import wait_for
 from splitpriv import sweep
 from splitpriv.errors import SweepIncomplete
 from splitpriv.workers import WORKERS_LOCK, lock_path
@@ -91,14 +91,6 @@ def _kill_session(pid: int) -> None:
         pass
 
 
-def _wait_for(predicate, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the condition did not come true in time")
-        time.sleep(0.1)
-
-
 def _workers_gone(folder: Path) -> bool:
     """No task of the sweep in ``folder`` holds its workers' lock any more."""
     with open(lock_path(folder, WORKERS_LOCK), "a") as handle:
@@ -126,11 +118,11 @@ def test_a_ray_sweep_killed_mid_run_resumes_with_no_cell_lost_or_run_twice(tmp_p
     process = subprocess.Popen([sys.executable, "-m", "splitpriv.cli", "sweep", "--config", str(config), "--executor", "ray"],
                                env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        _wait_for(lambda: (folder / sweep.RESULTS_FILE).exists() and (folder / sweep.RESULTS_FILE).read_text().strip())
+        wait_for(lambda: (folder / sweep.RESULTS_FILE).exists() and (folder / sweep.RESULTS_FILE).read_text().strip(), timeout_s=600)
         os.kill(process.pid, signal.SIGKILL)  # the driver only: Ray ends the tasks it owned
         process.wait()
         finished_before = result_keys(folder)
-        _wait_for(lambda: _workers_gone(folder), timeout_s=60)
+        wait_for(lambda: _workers_gone(folder), timeout_s=60)
     finally:
         _kill_session(process.pid)
     assert 1 <= len(finished_before) < 4
@@ -206,7 +198,7 @@ def test_a_failing_cell_is_reported_with_its_reason_and_the_other_cells_finish(t
 def _visible_devices_once_all_started(folder: str, workers: int) -> tuple[int, str]:
     """Blocks this worker until ``workers`` tasks run at once: each then ran in its own worker."""
     Path(folder, str(os.getpid())).touch()
-    _wait_for(lambda: len(list(Path(folder).iterdir())) >= workers, timeout_s=120)
+    wait_for(lambda: len(list(Path(folder).iterdir())) >= workers, timeout_s=120)
     return os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES", "")
 
 

@@ -10,7 +10,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ import torch
 import yaml
 
 import splitpriv.sweep as sweep
+from conftest import wait_for
 from splitpriv.errors import SplitprivError
 
 ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
@@ -29,14 +29,6 @@ def _checkpoint_epoch(path: Path) -> int:
         return int(torch.load(path, weights_only=True)["epoch"])
     except Exception:  # not there yet, or being replaced
         return -1
-
-
-def _wait_for(predicate, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the condition did not come true in time")
-        time.sleep(0.05)
 
 
 def _state(run: Path) -> dict:
@@ -54,7 +46,7 @@ def test_a_training_killed_mid_run_resumes_to_the_uninterrupted_result(uninterru
     run = tmp_path / "killed"
     process = subprocess.Popen([*TRAIN, "--out", str(tmp_path), "--name", "killed"], env=ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(lambda: _checkpoint_epoch(run / "checkpoints" / "last.ckpt") >= 3 or process.poll() is not None)
+    wait_for(lambda: _checkpoint_epoch(run / "checkpoints" / "last.ckpt") >= 3 or process.poll() is not None)
     process.kill()
     process.wait()
     assert not (run / "metrics.json").exists(), "the run finished before it was killed: nothing was tested"
@@ -77,7 +69,7 @@ def test_ctrl_c_saves_the_finished_epochs_and_exits_130(tmp_path):
     process = subprocess.Popen([*TRAIN, "--out", str(tmp_path), "--name", "interrupted"], env=ENV,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    _wait_for(lambda: _checkpoint_epoch(run / "checkpoints" / "last.ckpt") >= 1 or process.poll() is not None)
+    wait_for(lambda: _checkpoint_epoch(run / "checkpoints" / "last.ckpt") >= 1 or process.poll() is not None)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
@@ -130,13 +122,13 @@ def test_killing_the_sweep_main_process_ends_its_workers_and_a_rerun_finishes_th
     config.write_text(yaml.safe_dump({**SLOW_SWEEP, "out": str(tmp_path)}))
     command = [sys.executable, "-m", "splitpriv.cli", "sweep", "--config", str(config)]
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(lambda: len(_children(process.pid)) >= 2 and (tmp_path / "long" / "train").exists())
+    wait_for(lambda: len(_children(process.pid)) >= 2 and (tmp_path / "long" / "train").exists())
     workers = _children(process.pid)
     with pytest.raises(SplitprivError, match="another sweep is running"):  # while it runs, no second sweep
         sweep.run_sweep(sweep.load_sweep_config({**SLOW_SWEEP, "out": str(tmp_path)}), progress=lambda line: None)
     process.kill()
     process.wait()
-    _wait_for(lambda: not any(_alive(pid) for pid in workers), timeout_s=10)
+    wait_for(lambda: not any(_alive(pid) for pid in workers), timeout_s=10)
     rerun = subprocess.run(command, env=ENV, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     keys = [json.loads(line)["key"] for line in (tmp_path / "long" / "results.jsonl").read_text().splitlines()]
