@@ -136,10 +136,11 @@ PAGES = {
     "cifar10-projection": Page(
         "The research-scale CIFAR-10 sweep: one cell measured on this machine, the grid projected",
         "`experiments/cifar10_vgg11_sweep.yaml` (VGG-11-BN, four cuts, every defense at two strengths, the default "
-        "attack set): its undefended cell trained on 1,024 images for one epoch and attacked as configured, then "
-        "projected to the grid. A lower bound for a CPU; the config is meant for GPUs or a Ray cluster.",
+        "attack set): its undefended cell trained on 512 images for one epoch, attacked with the attacks fitted on "
+        "500 proxy images, then projected to the grid (the proxy-bound attack time scaled to the config's proxy). "
+        "An estimate for a CPU; the config is meant for GPUs or a Ray cluster.",
         commands=["python benchmarks/sweep_projection.py --config experiments/cifar10_vgg11_sweep.yaml "
-                  "--data-root {data_root}"], cheap=False),
+                  "--data-root {data_root} --train-size 512 --proxy-size 500"], cheap=False),
     "defense-overhead": Page(
         "Defense overhead",
         "Training-step time of each defense relative to no defense on digits.",

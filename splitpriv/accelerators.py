@@ -15,6 +15,6 @@ def resolve_accelerator(accelerator: str, key: str = "training.accelerator") -> 
     return accelerator
 
 
-def torch_device(accelerator: str) -> torch.device:
-    """The torch device of a resolved or unresolved accelerator setting."""
-    return torch.device("cuda" if resolve_accelerator(accelerator) == "gpu" else "cpu")
+def torch_device(accelerator: str, key: str = "training.accelerator") -> torch.device:
+    """The torch device of a resolved or unresolved accelerator setting (``key`` names it in errors)."""
+    return torch.device("cuda" if resolve_accelerator(accelerator, key) == "gpu" else "cpu")

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 
+from splitpriv.accelerators import torch_device
 from splitpriv.attacks import build_attacks, default_attack_specs
 from splitpriv.attacks.base import AttackResult, AttackTarget, ProxyData, evaluate
 from splitpriv.attacks.metrics import LEAKAGE_METRICS, message_dcor, worst_case
@@ -24,6 +25,7 @@ from splitpriv.attacks.semantic import classifier_accuracy, fit_proxy_classifier
 from splitpriv.attacks.threat_models import THREAT_MODELS
 from splitpriv.cut import MessageTransform, NoiseModel
 from splitpriv.config import POSITIVE_INT, check
+from splitpriv.fields import one_of
 from splitpriv.decoders import CAPACITIES
 from splitpriv.data import ImageSet, load_images, match_shape
 from splitpriv.errors import SplitprivError
@@ -48,6 +50,14 @@ class AttackSettings:
     dcor_samples: int = field(default=512, metadata=check(lambda v: v >= 2, "an integer >= 2 (O(n²) memory)"))
     classifier_max_epochs: int = field(default=100, metadata=POSITIVE_INT)  # the attacker's proxy classifier (early stopping)
     seed: int = field(default=0, metadata=check(lambda v: v >= 0, "an integer >= 0"))
+    # None: the attacked run's own device (attack_accelerator)
+    accelerator: str | None = field(default=None, metadata=one_of("auto", "cpu", "gpu"))
+
+
+def attack_accelerator(run_accelerator: str) -> str:
+    """Where a run is attacked by default: on the CPU if it trained there, else on a GPU when this
+    machine has one, so a run trained on a GPU is attacked on a machine without one, and back."""
+    return "cpu" if run_accelerator == "cpu" else "auto"
 
 
 # ----------------------------------------------------------------------------- the threat model
@@ -90,27 +100,33 @@ def load_proxy(data, data_config, source: str | None, size: int | None, seed: in
 
 @contextlib.contextmanager
 def _frozen(module: torch.nn.Module):
-    """Attacks differentiate w.r.t. images only; the client's weights stay untouched."""
+    """Attacks differentiate w.r.t. images only: the client's weights stay untouched, and the module
+    goes back to the device it came from (attacks may move it to theirs)."""
     flags = [p.requires_grad for p in module.parameters()]
+    home = next(module.parameters()).device
     module.requires_grad_(False)
     try:
         yield
     finally:
+        module.to(home)
         for parameter, flag in zip(module.parameters(), flags):
             parameter.requires_grad_(flag)
 
 
-def deployed_target(run, proxy: ProxyData, seed: int, observed_samples: int = 1024) -> AttackTarget:
-    """Everything the server could be granted about the client of ``run``, as deployed, and the
-    messages of ``observed_samples`` private training images that the server saw."""
-    module = run.module
+def deployed_target(run, proxy: ProxyData, seed: int, device: torch.device = torch.device("cpu"),
+                    observed_samples: int = 1024) -> AttackTarget:
+    """Everything the server could be granted about the client of ``run``, as deployed on ``device``
+    (the run's module is moved there), and the messages of ``observed_samples`` private training
+    images that the server saw. Queries accept inputs anywhere and answer on ``device``."""
+    module = run.module.to(device)
+    proxy = proxy.to(device)
 
     def query(inputs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return torch.cat([module.send(chunk, training=False)[1] for chunk in inputs.split(QUERY_CHUNK)])
+            return torch.cat([module.send(chunk.to(device), training=False)[1] for chunk in inputs.split(QUERY_CHUNK)])
 
     def client(inputs: torch.Tensor) -> torch.Tensor:
-        return module.send(inputs, training=False, noisy=False)[1]
+        return module.send(inputs.to(device), training=False, noisy=False)[1]
 
     def architecture() -> torch.nn.Module:
         """A fresh client of the same architecture (defenses' adaptations such as GroupNorm included),
@@ -118,7 +134,7 @@ def deployed_target(run, proxy: ProxyData, seed: int, observed_samples: int = 10
         info = run.data.info
         config = dataclasses.replace(run.config, seed=seed + 7919,
                                      model=dataclasses.replace(run.config.model, cut_layer=run.cut_layer))
-        return build_module(config, info.num_classes, info.in_channels, info.image_size).client
+        return build_module(config, info.num_classes, info.in_channels, info.image_size).client.to(device)
 
     message_shape = tuple(query(proxy.inputs[:2]).shape[1:])
     deployed = module.active_transforms(training=False)
@@ -127,7 +143,7 @@ def deployed_target(run, proxy: ProxyData, seed: int, observed_samples: int = 10
     observed = query(training_inputs[:observed_samples])
     return AttackTarget(run.data.info.input_shape, message_shape, run.data.normalize, randomized, seed, query,
                         client, deployed_noise(deployed), proxy, architecture, module.server, observed,
-                        run.data.info.num_classes)
+                        run.data.info.num_classes, device)
 
 
 def deployed_noise(transforms: list[MessageTransform]) -> NoiseModel | None:
@@ -149,21 +165,22 @@ def run_attacks(run, settings: AttackSettings | None = None, *, out_dir: str | P
 
     ``out_dir`` (default: the run folder) receives attack.json and reconstructions.png.
     ``classifier`` reuses an attacker's proxy classifier (a sweep trains it once per data set).
+    Attacks compute on ``settings.accelerator`` (default: the run's); scores are computed on the CPU.
     """
     settings = settings or AttackSettings()
     say = progress or (lambda message: None)
     started = time.perf_counter()
+    device = torch_device(settings.accelerator or attack_accelerator(run.config.training.accelerator), "accelerator")
     proxy, proxy_record, same_classes = load_proxy(run.data, run.config.data, settings.proxy, settings.proxy_size, settings.seed)
-    target = deployed_target(run, proxy, settings.seed)
-    specs = settings.attacks if settings.attacks is not None else default_attack_specs(
-        target.randomized, tuple(settings.decoder_capacities))
-    attacks = build_attacks(specs)
     private = run.data.private_test.subset(torch.arange(min(settings.samples, len(run.data.private_test))))
     originals = private.images.float() / 255
     num_classes = run.data.info.num_classes
 
-    module = run.module.eval()
-    with _frozen(module):
+    with _frozen(run.module.eval()):
+        target = deployed_target(run, proxy, settings.seed, device)
+        specs = settings.attacks if settings.attacks is not None else default_attack_specs(
+            target.randomized, tuple(settings.decoder_capacities))
+        attacks = build_attacks(specs)
         messages = target.query(run.data.normalize(originals))  # what the server observes, once per image
         results: list[AttackResult] = []
         for i, attack in enumerate(attacks, 1):
@@ -174,11 +191,11 @@ def run_attacks(run, settings: AttackSettings | None = None, *, out_dir: str | P
             say(f"  attack {i}/{len(attacks)} {attack.label}: mse {metrics['mse']:.4f} ssim {metrics['ssim']:.3f} "
                 f"({results[-1].fit_time_s:.1f}s)")
         dcor_count = min(settings.dcor_samples, len(originals))
-        dcor = message_dcor(originals[:dcor_count], messages[:dcor_count])
+        dcor = message_dcor(originals[:dcor_count], messages[:dcor_count].cpu())
 
     semantic: dict[str, Any] = {"classifier_accuracy_on_originals": None}
     if same_classes:
-        classifier = classifier or fit_proxy_classifier(proxy, num_classes, settings.seed, settings.classifier_max_epochs)
+        classifier = classifier or fit_proxy_classifier(target.proxy, num_classes, settings.seed, settings.classifier_max_epochs)
         semantic["classifier_accuracy_on_originals"] = classifier_accuracy(
             classifier, run.data.normalize(originals), private.labels, num_classes)
     per_attack = {}
@@ -201,6 +218,7 @@ def run_attacks(run, settings: AttackSettings | None = None, *, out_dir: str | P
         },
         "proxy": proxy_record,
         "private_test_samples": len(originals),
+        "device": str(device),
         "settings": {k: v for k, v in asdict(settings).items() if k != "attacks"} | {"attacks": specs},
         "attacks": per_attack,
         "threat_models": {name: {"adversary": model.adversary, "grants": sorted(model.grants),

@@ -196,6 +196,39 @@ def test_run_attacks_writes_every_attack_and_the_worst_case(trained, tmp_path):
     assert record["observation"]["grants"]["optimization_inversion"] == ["weights"]
 
 
+def test_a_run_trained_for_a_gpu_is_attacked_on_this_machines_device_and_left_where_it_was(trained, tmp_path):
+    import dataclasses
+
+    gpu_config = dataclasses.replace(trained.config, training=dataclasses.replace(trained.config.training, accelerator="gpu"))
+    gpu_trained = dataclasses.replace(trained, config=gpu_config)  # as if trained on a GPU machine
+    flags = [p.requires_grad for p in trained.module.parameters()]
+    specs = [{"name": "decoder_inversion", **FAST["decoder_inversion"]}]
+    record = run_attacks(gpu_trained, AttackSettings(attacks=specs, samples=8, classifier_max_epochs=1), out_dir=tmp_path,
+                         progress=None)
+    assert record["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert {p.device.type for p in trained.module.parameters()} == {"cpu"}
+    assert [p.requires_grad for p in trained.module.parameters()] == flags
+    if not torch.cuda.is_available():
+        from splitpriv.errors import ConfigError
+
+        with pytest.raises(ConfigError, match="accelerator.*no GPU"):
+            run_attacks(trained, AttackSettings(attacks=specs, samples=8, accelerator="gpu"), out_dir=tmp_path, progress=None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the CPU path is tested above)")
+def test_every_attack_runs_on_the_gpu_and_leaks_like_on_the_cpu(trained, tmp_path):
+    specs = [{"name": name, **FAST[name]} for name in FAST]
+    leakage = {}
+    for accelerator in ("gpu", "cpu"):
+        record = run_attacks(trained, AttackSettings(attacks=specs, samples=32, classifier_max_epochs=2, accelerator=accelerator),
+                             out_dir=tmp_path / accelerator, progress=None)
+        assert record["device"].startswith("cuda" if accelerator == "gpu" else "cpu")
+        leakage[accelerator] = {label: attack["mse"] for label, attack in record["attacks"].items()}
+    assert {p.device.type for p in trained.module.parameters()} == {"cpu"}
+    for label, mse in leakage["cpu"].items():  # other kernels, other rounding: close, not equal
+        assert leakage["gpu"][label] == pytest.approx(mse, rel=0.5), label
+
+
 def test_default_set_adds_the_noise_aware_attacker_for_randomized_defenses(noisy, trained, tmp_path):
     from splitpriv.attacks import default_attack_specs
     from splitpriv.attack_suite import deployed_target, load_proxy

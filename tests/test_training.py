@@ -144,8 +144,10 @@ def test_a_gpu_trained_bf16_run_is_attacked_and_resumed_on_the_cpu(tmp_path):
     assert run.metrics["test_accuracy"] > 0.5
     loaded = load_run(tmp_path / "gpu")  # read onto the CPU
     assert next(loaded.module.parameters()).device.type == "cpu"
-    record = run_attacks(loaded, AttackSettings(attacks=[{"name": "decoder_inversion", "capacity": "small", "max_epochs": 3}],
-                                                samples=16, classifier_max_epochs=1), progress=None)
-    assert record["attacks"]["decoder_inversion/small"]["mse"] < 1
+    for accelerator, device in ((None, "cuda"), ("cpu", "cpu")):  # the run's own device, then the CPU
+        record = run_attacks(loaded, AttackSettings(attacks=[{"name": "decoder_inversion", "capacity": "small", "max_epochs": 3}],
+                                                    samples=16, classifier_max_epochs=1, accelerator=accelerator), progress=None)
+        assert record["device"].startswith(device)
+        assert record["attacks"]["decoder_inversion/small"]["mse"] < 1
     resumed = train(quick_config(tmp_path, name="gpu", **{"training.accelerator": "cpu", "training.epochs": 4}), resume=True)
     assert resumed.metrics["epochs"] == 4

@@ -49,6 +49,10 @@ class ProxyData:
     description: str
     labels_are_private_classes: bool = True  # False for another data set's labels
 
+    def to(self, device: torch.device) -> "ProxyData":
+        return dataclasses.replace(self, inputs=self.inputs.to(device), images=self.images.to(device),
+                                   labels=self.labels.to(device))
+
 
 @dataclass
 class AttackTarget:
@@ -56,7 +60,8 @@ class AttackTarget:
 
     ``normalize`` ([0, 1] images -> model inputs), the shapes, the number of classes and the messages
     the server observed in training (``observed``, as the client sends them) are known to every
-    attacker at the server, so every attack gets them.
+    attacker at the server, so every attack gets them. ``device`` is where the attack computes: the
+    queries return messages there, and an attack builds its models there.
     """
 
     image_shape: tuple[int, int, int]
@@ -72,6 +77,7 @@ class AttackTarget:
     server: nn.Module | None = None  # the trained server partition (frozen): messages -> logits
     observed: torch.Tensor | None = None  # messages of private training samples the server saw
     num_classes: int = 0
+    device: torch.device = torch.device("cpu")
 
     def granted(self, grants: frozenset[str]) -> "AttackTarget":
         """A copy holding only ``grants``; whatever the threat model withholds is ``None``."""
@@ -123,10 +129,11 @@ class AttackResult:
 
 def evaluate(attack: Attack, target: AttackTarget, messages: torch.Tensor, originals: torch.Tensor) -> AttackResult:
     """Fit ``attack`` with exactly its grants and score its reconstructions of ``originals``
-    (private test images in [0, 1]) from ``messages`` (what the server observed for them)."""
+    (private test images in [0, 1], on the CPU) from ``messages`` (what the server observed for them,
+    on the target's device). Scores are computed on the CPU, wherever the attack ran."""
     started = time.perf_counter()
     attack.fit(target.granted(attack.grants))
-    reconstructions = attack.reconstruct(messages).detach().clamp(0, 1)
+    reconstructions = attack.reconstruct(messages).detach().clamp(0, 1).cpu()
     fit_time_s = time.perf_counter() - started
     record = {"name": attack.name, "grants": sorted(attack.grants), "config": attack.config(), "summary": attack.summary()}
     return AttackResult(attack.label, reconstructions, reconstruction_metrics(reconstructions, originals), fit_time_s, record)

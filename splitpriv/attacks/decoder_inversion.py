@@ -52,7 +52,7 @@ class DecoderInversion(Attack):
     def fit(self, target: AttackTarget) -> None:
         generator = torch.Generator().manual_seed(target.seed)
         torch.manual_seed(target.seed)
-        self.decoder = build_decoder(target.message_shape, target.image_shape, self.capacity)
+        self.decoder = build_decoder(target.message_shape, target.image_shape, self.capacity).to(target.device)
         proxy = target.proxy
         train_idx, holdout_idx = holdout_split(len(proxy.inputs), self.stopping.holdout_fraction, generator)
         train_inputs, holdout_inputs = proxy.inputs[train_idx], proxy.inputs[holdout_idx]

@@ -69,9 +69,10 @@ class OptimizationInversion(Attack):
     def reconstruct(self, messages: torch.Tensor) -> torch.Tensor:
         shape = (len(messages), *self.target.image_shape)
         if self.start == "random":
-            images = torch.rand(shape, generator=torch.Generator().manual_seed(self.target.seed)).requires_grad_(True)
+            images = torch.rand(shape, generator=torch.Generator().manual_seed(self.target.seed))
         else:
-            images = torch.full(shape, self.start, requires_grad=True)
+            images = torch.full(shape, self.start)
+        images = images.to(messages.device).requires_grad_(True)
         optimizer = torch.optim.Adam([images], lr=self.lr)
         previous = float("inf")
         for step in range(1, self.max_steps + 1):

@@ -23,7 +23,7 @@ def fit_proxy_classifier(proxy: ProxyData, num_classes: int, seed: int = 0, max_
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     _, channels, size, _ = proxy.inputs.shape
-    classifier = build_model(CLASSIFIER_MODEL, num_classes, channels, size)
+    classifier = build_model(CLASSIFIER_MODEL, num_classes, channels, size).to(proxy.inputs.device)
     train_idx, holdout_idx = holdout_split(len(proxy.inputs), stopping.holdout_fraction, generator)
     fit_with_early_stopping(classifier, F.cross_entropy, proxy.inputs[train_idx], proxy.labels[train_idx],
                             proxy.inputs[holdout_idx], proxy.labels[holdout_idx], stopping, generator)
@@ -32,7 +32,9 @@ def fit_proxy_classifier(proxy: ProxyData, num_classes: int, seed: int = 0, max_
 
 @torch.no_grad()
 def classifier_accuracy(classifier: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
-    """Top-1 accuracy of ``classifier`` on model ``inputs`` (normalise reconstructions first)."""
+    """Top-1 accuracy of ``classifier`` on model ``inputs`` (normalise reconstructions first), on the
+    classifier's device."""
     classifier.eval()
-    logits = torch.cat([classifier(chunk) for chunk in inputs.split(1024)])
-    return float(multiclass_accuracy(logits, labels, num_classes=num_classes, average="micro"))
+    device = next(classifier.parameters()).device
+    logits = torch.cat([classifier(chunk.to(device)).cpu() for chunk in inputs.split(1024)])
+    return float(multiclass_accuracy(logits, labels.cpu(), num_classes=num_classes, average="micro"))

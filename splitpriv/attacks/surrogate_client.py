@@ -79,14 +79,14 @@ class SurrogateClientInversion(Attack):
         proxy = target.proxy
         with torch.no_grad():
             messages = torch.cat([surrogate(chunk) for chunk in proxy.inputs.split(512)])
-        self.decoder = build_decoder(target.message_shape, target.image_shape, self.capacity)
+        self.decoder = build_decoder(target.message_shape, target.image_shape, self.capacity).to(target.device)
         train_idx, holdout_idx = holdout_split(len(messages), self.stopping.holdout_fraction, generator)
         self._summary.update(fit_with_early_stopping(
             self.decoder, F.mse_loss, messages[train_idx], proxy.images[train_idx], messages[holdout_idx],
             proxy.images[holdout_idx], self.stopping, generator, self.progress))
 
     def _train_surrogate(self, target: AttackTarget, generator: torch.Generator) -> torch.nn.Module:
-        surrogate, server, proxy, observed = target.architecture(), target.server, target.proxy, target.observed
+        surrogate, server, proxy, observed = target.architecture().to(target.device), target.server, target.proxy, target.observed
         server.eval()
         task_weight = self.task_weight if proxy.labels_are_private_classes else 0.0
         optimizer = torch.optim.Adam(surrogate.parameters(), lr=self.surrogate_lr)

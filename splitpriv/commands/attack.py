@@ -11,7 +11,8 @@ HELP = "attack a trained run (decoder, noise-aware and optimisation inversion) a
 
 
 FLAG_KEYS = {"samples": ("--samples",), "proxy": ("--proxy",), "proxy_size": ("--proxy-size",),
-             "classifier_max_epochs": ("--classifier-max-epochs",), "seed": ("--seed",)}
+             "classifier_max_epochs": ("--classifier-max-epochs",), "seed": ("--seed",),
+             "accelerator": ("--accelerator",)}
 
 
 def attack_spec(text: str) -> dict:
@@ -44,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, help="private test images attacked and scored (default 256)")
     parser.add_argument("--classifier-max-epochs", type=int, help="the attacker's proxy classifier (early stopping; default 100)")
     parser.add_argument("--seed", type=int, help="the attacker's seed")
+    parser.add_argument("--accelerator", choices=["auto", "cpu", "gpu"],
+                        help="where the attacks compute (default: the run's training.accelerator, resolved on this "
+                             "machine: a run trained on a GPU is attacked on the CPU where there is none)")
     parser.add_argument("--threads", type=positive_int, help="CPU threads for torch")
     parser.add_argument("--plugin", action="append", default=[],
                         help="python file registering the models, defenses or attacks the run needs (repeatable; "
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     import_plugins(args.plugin)
     given = {"attacks": args.attacks, "proxy": args.proxy, "proxy_size": args.proxy_size, "samples": args.samples,
-             "classifier_max_epochs": args.classifier_max_epochs, "seed": args.seed}
+             "classifier_max_epochs": args.classifier_max_epochs, "seed": args.seed, "accelerator": args.accelerator}
     settings = from_dict(AttackSettings, {k: v for k, v in given.items() if v is not None})
     trained = load_run(args.run)
     print(f"attacking {trained.path} (cut {trained.cut_layer} {trained.cut_name}, "
