@@ -91,13 +91,14 @@ def main() -> None:
     for label, attack in record["attacks"].items():
         summary = attack["summary"]
         epochs_text = f", {summary['epochs']} epochs (stopped by {summary['stopped']})" if "stopped" in summary else ""
-        print(f"  attack {label}: {attack['fit_time_s']:.1f} s on {used} proxy images{epochs_text}"
+        on_proxy = f" on {used} proxy images" if "proxy" in attack["grants"] else ""
+        print(f"  attack {label}: {attack['fit_time_s']:.1f} s{on_proxy}{epochs_text}"
               + (f" -> x{scale[label]:.1f} for the config's {proxy_images}" if scale[label] != 1 else ""))
     print(f"  attack suite in all: {attack_s:.1f} s per cell (of which scoring, dCor and the figure {other_s:.1f} s); "
           f"the attacker's classifier {classifier_s:.1f} s on {used} proxy images, once per seed")
     print(f"projection: training {training / 3600:.1f} h + attacks {attacks / 3600:.1f} h = "
           f"{(training + attacks) / 3600:.1f} h of one process; {(training + attacks) / workers / 3600:.1f} h with "
-          f"{workers} worker(s) (a lower bound: defended trainings cost more per step)")
+          f"{workers} worker(s) (training: a lower bound, defended trainings cost more per step)")
 
 
 if __name__ == "__main__":

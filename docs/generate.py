@@ -141,6 +141,12 @@ PAGES = {
         "An estimate for a CPU; the config is meant for GPUs or a Ray cluster.",
         commands=["python benchmarks/sweep_projection.py --config experiments/cifar10_vgg11_sweep.yaml "
                   "--data-root {data_root} --train-size 512 --proxy-size 500"], cheap=False),
+    "wire-latency": Page(
+        "The latency model's transmission term against the wire",
+        "`splitpriv serve` and `splitpriv client` on loopback, both emulating a 50 Mbit/s link with a 40 ms round "
+        "trip, one short training per cut of small_cnn on digits: the model's T^T of one training step's crossing "
+        "against the wire time measured (round trip minus the server's compute).",
+        commands=["python benchmarks/wire_latency.py --train-size 256"], cheap=False),
     "defense-overhead": Page(
         "Defense overhead",
         "Training-step time of each defense relative to no defense on digits.",

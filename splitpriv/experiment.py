@@ -9,6 +9,7 @@ import signal
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import torch
@@ -24,6 +25,7 @@ from splitpriv.runs import Run, build_cut_pipeline, build_module
 from splitpriv.store import CHECKPOINT, CONFIG_FILE, METRICS_FILE, RUN_MARKER, atomic_write_json, atomic_write_text, atomic_write_yaml, import_plugins, read_checkpoint
 from splitpriv.tracking import make_wandb_logger
 from splitpriv.training import SplitLearningModule
+from splitpriv.transport import RemoteServer
 
 log = logging.getLogger("splitpriv")
 
@@ -127,16 +129,19 @@ def _resolved(module: SplitLearningModule, data: SplitData) -> dict:
         "dataset_info": dataclasses.asdict(data.info),
         "data_splits": data.description,
         **module.pipeline_record(),
+        "server_partition": "remote" if module.remote else "local",  # remote: held by 'splitpriv serve', not here
         "provenance": {**provenance(), "lightning": str(L.__version__)},
     }
 
 
 def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = False, data: SplitData | None = None,
-          tracking: dict | None = None) -> Run:
+          tracking: dict | None = None, remote_server: Callable[[SplitLearningModule, SplitData], RemoteServer] | None = None) -> Run:
     """Train one split model and write ``<out>/<name>/``. Returns the loaded :class:`Run`.
 
     ``resume=True`` continues from ``checkpoints/last.ckpt`` of the same run folder.
     ``tracking`` adds fields to the wandb run's config (e.g. a sweep cell's defense strength).
+    ``remote_server(module, data)`` connects to a server process that takes the server partition's
+    place (``splitpriv client``); the run folder then holds the client's state only.
     """
     cfg = cfg or RunConfig()
     quiet_lightning()
@@ -148,6 +153,8 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
     data = data or make_splits(cfg.data, cfg.seed)
     module = build_module(cfg, data.info.num_classes, data.info.in_channels, data.info.image_size)
     _check_precision(cfg.training.precision, module)
+    if remote_server is not None:
+        module.server = remote_server(module, data)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, cut_layer=module.cut_layer))
     run_dir = _run_dir(cfg, resume, force)
     checkpoint = run_dir / CHECKPOINT
@@ -192,6 +199,9 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
     train_time_s = time.perf_counter() - started
     with _interruptible(trainer, checkpoint):
         tested = trainer.test(module, test_loader, verbose=False)[0]
+    if module.remote:
+        wire = module.server.wire_in_all.take()
+        module.server.finish()
 
     metrics = {
         "test_accuracy": float(tested["test_acc"]),
@@ -205,6 +215,8 @@ def train(cfg: RunConfig | None = None, *, resume: bool = False, force: bool = F
     }
     metrics.update(module.component_metrics())
     metrics.update({k: float(v) for k, v in tested.items() if k.startswith("test_exit_")})  # internal classifiers
+    if module.remote:
+        metrics.update(wire)
     # the resolved defense settings (e.g. a calibrated clip) are known only after training starts
     config_record["resolved"] = _resolved(module, data)
     atomic_write_yaml(run_dir / CONFIG_FILE, config_record)

@@ -143,6 +143,9 @@ def load_run(path: str | Path) -> Run:
         raise SplitprivError(f"run {path} has no checkpoint ({path / CHECKPOINT}); did its training finish?")
     config, resolved = read_run_config(path)
     require_trusted_plugins(config.plugins, path / CONFIG_FILE)
+    if resolved.get("server_partition") == "remote":
+        raise SplitprivError(f"run {path} was trained with 'splitpriv client': its folder holds the client's partition "
+                             f"only, the server's stayed with 'splitpriv serve'; it cannot be loaded as a whole model")
     info = resolved["dataset_info"]
     try:
         module = build_module(config, int(info["num_classes"]), int(info["in_channels"]), int(info["image_size"]))

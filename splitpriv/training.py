@@ -13,7 +13,9 @@ One step, with the network boundary explicit:
 
 Client and server are different parties, so each has its own optimizer. The cut pipeline is the
 run's defenses, then its transforms (compressions); each component is asked only for the roles it
-plays (:mod:`splitpriv.cut`).
+plays (:mod:`splitpriv.cut`). With a :class:`~splitpriv.transport.RemoteServer` in place of the server
+partition, steps 2-4 happen in another process (``splitpriv client`` / ``splitpriv serve``): the
+message and labels go there, the loss, logits and gradient come back.
 
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ from splitpriv.defenses.base import Defense
 from splitpriv.errors import TrainingDiverged
 from splitpriv.exits import ExitWeights, run_blocks
 from splitpriv.models import SplitModel
+from splitpriv.transport import RemoteServer
 
 
 def make_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
@@ -154,25 +157,37 @@ class SplitLearningModule(L.LightningModule):
         client_optimizer = make_optimizer([*self.client.parameters(), *self.client_exits.parameters()], self.client_optimizer_cfg)
         for privatizer in self.playing(TrainingPrivatizer):  # e.g. DP-SGD: per-sample clipping and noise
             client_optimizer = privatizer.configure_client(self, client_optimizer)
-        server_optimizer = make_optimizer([*self.server.parameters(), *self.server_exits.parameters()], self.server_optimizer_cfg)
+        # a remote server steps its own optimizer in its own process
+        server_optimizers = [] if self.remote else [
+            make_optimizer([*self.server.parameters(), *self.server_exits.parameters()], self.server_optimizer_cfg)]
         # the trainable parts' optimizers follow client and server, in pipeline order
-        return [client_optimizer, server_optimizer, *(part.configure_optimizer() for part in self.playing(TrainablePart))]
+        return [client_optimizer, *server_optimizers, *(part.configure_optimizer() for part in self.playing(TrainablePart))]
+
+    @property
+    def remote(self) -> bool:
+        """Whether the server partition runs in another process."""
+        return isinstance(self.server, RemoteServer)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         # Lightning's wrapped optimizers and manual_backward: its precision plugin (e.g. bf16-mixed)
         # and strategy see every update
         optimizers = self.optimizers()
-        client_opt, server_opt = optimizers[0], optimizers[1]
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        client_opt, part_optimizers = optimizers[0], optimizers[1 if self.remote else 2:]
         activation, message, client_exit_logits = self.client_forward(x, training=True)
 
-        sent = message.detach().requires_grad_(True)  # the network boundary, forward
-        logits, server_exit_logits = run_blocks(self.server, self.server_exits, sent)
-        loss = F.cross_entropy(logits, y)
-        server_opt.zero_grad()
-        self.manual_backward(loss + self.exit_loss(self.server_exits, server_exit_logits, y) if server_exit_logits else loss)
-        server_opt.step()
-        returned_gradient = sent.grad  # the network boundary, backward
+        if self.remote:
+            loss, logits, returned_gradient = self.server.train_step(message.detach(), y)
+        else:
+            sent = message.detach().requires_grad_(True)  # the network boundary, forward
+            logits, server_exit_logits = run_blocks(self.server, self.server_exits, sent)
+            loss = F.cross_entropy(logits, y)
+            server_opt = optimizers[1]
+            server_opt.zero_grad()
+            self.manual_backward(loss + self.exit_loss(self.server_exits, server_exit_logits, y) if server_exit_logits else loss)
+            server_opt.step()
+            returned_gradient = sent.grad  # the network boundary, backward
 
         context = CutContext(x, y, activation, message, loss.detach())
         # d/d(message) of <message, g> is g: the client back-propagates exactly what it received.
@@ -184,7 +199,7 @@ class SplitLearningModule(L.LightningModule):
             if extra is not None:
                 client_objective = client_objective + extra
         client_opt.zero_grad()
-        parts = list(zip(self.playing(TrainablePart), optimizers[2:]))
+        parts = list(zip(self.playing(TrainablePart), part_optimizers))
         for _, part_optimizer in parts:
             # a part may read what the client's backward leaves on it (the decoder defense does),
             # so nothing of the previous step may remain there
@@ -226,6 +241,9 @@ class SplitLearningModule(L.LightningModule):
             "gradient_bytes_per_sample": float(self.gradient_bytes_per_sample),
         }
         values.update(self.component_metrics())
+        if self.remote:
+            values.update(self.server.wire.take())
+            self.server.epoch_end()
         self.log_dict(values, prog_bar=False)
         self.accuracy["train_acc"].reset()
         self._train_loss_sum = torch.zeros(())

@@ -383,6 +383,13 @@ CASES = [
     Case("lighten width nan", lambda tmp, r, s: ["lighten", "--run", str(r), "--width", "nan"], "--width"),
     Case("lighten zero epochs", lambda tmp, r, s: ["lighten", "--run", str(r), "--epochs", "0"], "epochs"),
     Case("lighten missing run", lambda tmp, r, s: ["lighten", "--run", str(tmp / "none")], "no run at"),
+    # ------------------------------------------------------------------ serve / client
+    Case("serve without a shared secret", lambda tmp, r, s: ["serve", "--out", str(tmp)], "shared secret of at least 16"),
+    Case("serve negative bandwidth", lambda tmp, r, s: ["serve", "--out", str(tmp), "--bandwidth-mbps", "-1"], "--bandwidth-mbps"),
+    Case("client address without a port", lambda tmp, r, s: ["client", "--out", str(tmp), "--server", "host:x"], "expected HOST:PORT"),
+    Case("client negative round trip", lambda tmp, r, s: ["client", "--out", str(tmp), "--rtt-ms", "-5"], "--rtt-ms"),
+    Case("client secret file missing", lambda tmp, r, s: ["client", "--out", str(tmp), "--secret-file", str(tmp / "none")],
+         "cannot read the secret file"),
 ]
 
 
@@ -419,6 +426,7 @@ def test_there_are_at_least_60_cases_and_every_command_has_some(tmp_path, traine
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_gives_one_message_and_exit_2(case, tmp_path, trained, tiny_sweep, capsys, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # experiments/ paths
+    monkeypatch.delenv("SPLITPRIV_SECRET", raising=False)
     argv = case.argv(tmp_path, trained, tiny_sweep)
     try:
         code = main(argv)

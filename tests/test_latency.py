@@ -15,17 +15,22 @@ def test_input_transmission_by_hand():
 
 
 def test_transmission_inference_by_hand():
-    # (1 - 0.5)(1 - 0.2)(1 - 0.25) * 2000 / 1000 + 0.1 = 0.6 + 0.1
+    # (1 - 0.2) [(1 - 0.5)(1 - 0.25) * 2000 / 1000 + 0.1]: the survey's term, and exited requests pay no RTT
     time = transmission_time(2000, 1000, rtt_s=0.1, compression_rate=0.5, exit_rate=0.2, reduction_rate=0.25)
-    assert time == pytest.approx(0.7)
+    assert time == pytest.approx(0.8 * (0.75 + 0.1))
+    assert transmission_time(2000, 1000, compression_rate=0.5, exit_rate=0.2, reduction_rate=0.25) == \
+        pytest.approx(0.5 * 0.8 * 0.75 * 2)  # without RTT: exactly the survey's T^T
 
 
-def test_transmission_training_sends_gradient_back_and_ignores_exits():
-    # 2 * (1 - 0.5)(1 - 0.25) * 2000 / 1000 + 0.1 = 1.5 + 0.1; the exit rate plays no part
-    for exit_rate in (0.0, 0.2):
+def test_transmission_training_sends_the_gradient_back_dense_unless_it_is_compressed():
+    # the quantised message forward, its gradient dense back: ((1 - 0.5) + 1)(1 - 0.25) * 2000 / 1000 + 0.1
+    for exit_rate in (0.0, 0.2):  # the exit rate plays no part in training
         time = transmission_time(2000, 1000, rtt_s=0.1, compression_rate=0.5, exit_rate=exit_rate,
                                  reduction_rate=0.25, training=True)
-        assert time == pytest.approx(1.6)
+        assert time == pytest.approx(1.5 * 1.5 + 0.1)
+    # a gradient compressed like the message (top-k: values at the kept positions): 2 * (1 - 0.5) * 1.5 + 0.1
+    assert transmission_time(2000, 1000, rtt_s=0.1, compression_rate=0.5, reduction_rate=0.25, training=True,
+                             gradient_compression_rate=0.5) == pytest.approx(1.6)
 
 
 def test_total_latency_by_hand():
@@ -56,7 +61,21 @@ def test_two_device_training_by_hand():
 def test_exit_rate_and_compression_reduce_the_message():
     hop = Hop(10.0, 0.1, compression_rate=0.75, exit_rate=0.2)
     result = chain_latency(FLOPS, OUTPUT_BYTES, INPUT_BYTES, [0], [100.0, 1000.0], [hop])
-    assert result.transmission_s == pytest.approx((0.25 * 0.8 * 50 / 10 + 0.1,))
+    assert result.transmission_s == pytest.approx((0.8 * (0.25 * 50 / 10 + 0.1),))
+    assert result.processing_s == pytest.approx((1.0, 0.8 * 0.5))  # the server runs for the 80 % that reach it
+
+
+def test_an_exit_discounts_every_later_hop_and_partition_and_the_slo_sees_the_full_path():
+    hops = [Hop(10.0, 0.1, exit_rate=0.5), Hop(20.0, 0.05)]
+    result = chain_latency(FLOPS, OUTPUT_BYTES, INPUT_BYTES, [0, 1], [100.0, 200.0, 1000.0], hops)
+    # r = (1, 0.5, 0.5): device 1.0, hop 0.5 (5 + 0.1), edge 0.5 * 1.0, hop 0.5 (20/20 + 0.05), cloud 0.5 * 0.3
+    assert result.processing_s == pytest.approx((1.0, 0.5, 0.15))
+    assert result.transmission_s == pytest.approx((0.5 * 5.1, 0.5 * 1.05))
+    assert result.total_s == pytest.approx(1.0 + 2.55 + 0.5 + 0.525 + 0.15)
+    no_exit = chain_latency(FLOPS, OUTPUT_BYTES, INPUT_BYTES, [0, 1], [100.0, 200.0, 1000.0],
+                            [Hop(10.0, 0.1), Hop(20.0, 0.05)])
+    assert result.full_path_s == pytest.approx(no_exit.total_s) == pytest.approx(no_exit.full_path_s)
+    assert result.total_s < result.full_path_s
 
 
 def test_raw_input_and_local_placements():

@@ -153,6 +153,25 @@ def test_constraints_filter_and_infeasible_names_the_binding_constraint(tmp_path
     assert impossible.nearest.latency_s == min(p.latency_s for p in impossible.plans)
 
 
+def test_exits_shorten_the_expected_latency_but_the_slo_checks_a_request_that_runs_every_partition():
+    result = run_plan(scenario(exit_rates=[0.0, 0.6], compression=["fp32"], links=["lte"]))
+    by_rate = {}
+    for plan_ in result.plans:
+        by_rate.setdefault((plan_.boundaries, plan_.devices), {})[plan_.exit_rate] = plan_
+    crossing = [pair for pair in by_rate.values() if len(pair) == 2]
+    assert crossing
+    for pair in crossing:
+        plain, exiting = pair[0.0], pair[0.6]
+        assert plain.full_path_latency_s == pytest.approx(plain.latency_s)  # no exit: the two are one
+        assert exiting.full_path_latency_s == pytest.approx(plain.full_path_latency_s)
+        assert exiting.latency_s < plain.latency_s  # the server and the link serve 40 % of the requests
+    deadline = min(pair[0.6].full_path_latency_s for pair in crossing) * 0.99
+    strict = run_plan(scenario(exit_rates=[0.0, 0.6], compression=["fp32"], links=["lte"], slo_s=deadline))
+    exit_plans = [p for p in strict.plans if p.exit_rate and p.first_cut_layer is not None]
+    assert any(p.latency_s < deadline for p in exit_plans)  # their expected latency would pass ...
+    assert not any(p.feasible for p in exit_plans)  # ... but the deadline of the full path does not
+
+
 def test_three_device_chain_enumerates_every_ordered_pair_of_boundaries():
     sc = scenario(chain=["phone_cpu", "edge_server_t4", "v100"], links=["wifi", "wan"], compression=["fp32"])
     result = run_plan(sc)

@@ -120,6 +120,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(component_options=options, run_flags=flags, flag_keys=flag_keys(flags, options))
 
 
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every command that trains a run takes: the run's flags, ``--force`` and ``--no-progress``."""
+    add_run_arguments(parser)
+    parser.add_argument("--force", action="store_true", help="overwrite a finished run folder of the same --name")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
 def flag_help(item: ConfigFlag) -> str:
     shown = [item.allowed] if item.allowed and not item.choices else []
     if item.default is not None and item.default is not False and item.default != []:

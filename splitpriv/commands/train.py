@@ -4,16 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from splitpriv.commands.common import add_run_arguments, config_from_args
+from splitpriv.commands.common import add_training_arguments, config_from_args
 
 HELP = "train a split model at one cut (digits, small_cnn, a middle cut by default)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_run_arguments(parser)
+    add_training_arguments(parser)
     parser.add_argument("--resume", action="store_true", help="continue the run folder's last checkpoint")
-    parser.add_argument("--force", action="store_true", help="overwrite a finished run folder of the same --name")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -272,6 +272,7 @@ class MeasuredMessage:
     bytes_per_sample: float  # serialised, forward
     test_accuracy: float
     learned_reduction: bool  # a bottleneck only: the survey's gamma rather than kappa
+    gradient_bytes_per_sample: float  # serialised, backward in training (dense for a quantiser)
 
 
 def measured_message(run_path: str | Path) -> MeasuredMessage:
@@ -286,6 +287,7 @@ def measured_message(run_path: str | Path) -> MeasuredMessage:
     try:
         return MeasuredMessage(label or "fp32", config.model.name, config.data.dataset, int(metrics["cut_layer"]),
                                float(metrics["activation_bytes_per_sample"]), float(metrics["test_accuracy"]),
-                               bool(specs) and all(s.get("name") == Bottleneck.name for s in specs))
+                               bool(specs) and all(s.get("name") == Bottleneck.name for s in specs),
+                               float(metrics["gradient_bytes_per_sample"]))
     except (KeyError, TypeError, ValueError) as error:
         raise RunStateError(f"{folder / 'metrics.json'} lacks a usable {error}; retrain the run") from None

@@ -1,0 +1,30 @@
+"""``splitpriv client``: the client party of split learning, training against a ``splitpriv serve``."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from splitpriv.commands.common import add_training_arguments, config_from_args
+from splitpriv.commands.serve import add_transport_arguments, shaping_from_args
+
+HELP = "train as the client party against 'splitpriv serve' (same config; the run folder holds the client's state)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_training_arguments(parser)
+    parser.add_argument("--server", default="127.0.0.1:29400", help="HOST:PORT of 'splitpriv serve'")
+    add_transport_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from splitpriv.parties import train_client
+    from splitpriv.transport import parse_address, read_secret
+
+    overrides = {"training.progress_bar": False} if args.no_progress else {}
+    cfg = config_from_args(args, overrides)
+    parse_address(args.server)
+    shaping = shaping_from_args(args)
+    run = train_client(cfg, args.server, read_secret(args.secret_file), args.timeout, shaping, force=args.force)
+    print(f"run written to {run.path} (the client's state; the server keeps its own)")
+    print(json.dumps(run.metrics, indent=2))
+    return 0

@@ -1,0 +1,55 @@
+"""``splitpriv serve``: the server party of split learning, in its own process."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from splitpriv.commands.common import add_run_arguments, config_from_args
+
+HELP = "serve the server partition to one 'splitpriv client' over the network (torch.distributed, Gloo)"
+
+
+def add_transport_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--secret-file", help="file whose first line is the shared secret (default: $SPLITPRIV_SECRET)")
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="seconds to wait for the other party (to connect, or to answer a step) before giving up")
+    parser.add_argument("--bandwidth-mbps", type=float, help="emulate a link of this bandwidth on this party's sends "
+                                                             "(megabits per second; default: unlimited)")
+    parser.add_argument("--rtt-ms", type=float, default=0.0,
+                        help="emulate this round-trip time: half of it is added to each of this party's sends")
+
+
+def shaping_from_args(args: argparse.Namespace):
+    from splitpriv.errors import ConfigError
+    from splitpriv.transport import Shaping
+
+    if args.bandwidth_mbps is not None and not args.bandwidth_mbps > 0:
+        raise ConfigError("--bandwidth-mbps", args.bandwidth_mbps, "a number > 0 (megabits per second)")
+    if not args.rtt_ms >= 0:
+        raise ConfigError("--rtt-ms", args.rtt_ms, "a number >= 0 (milliseconds)")
+    bandwidth = args.bandwidth_mbps * 1e6 / 8 if args.bandwidth_mbps else None
+    return Shaping(bandwidth, args.rtt_ms / 1000)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on; 0.0.0.0 for every interface (Gloo traffic is not encrypted)")
+    parser.add_argument("--port", type=int, default=29400, help="port of the handshake")
+    add_transport_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from splitpriv.parties import serve
+    from splitpriv.transport import read_secret
+
+    cfg = config_from_args(args, {"training.progress_bar": False})
+    shaping = shaping_from_args(args)
+    secret = read_secret(args.secret_file)
+    out = Path(cfg.out) / f"{cfg.run_name()}-server"
+    summary = serve(cfg, args.host, args.port, secret, out, args.timeout,
+                    on_listening=lambda address: print(f"serving on {address[0]}:{address[1]}", flush=True),
+                    shaping=shaping)
+    print(f"served {summary['steps']} training steps at cut {summary['cut_layer']} ({summary['cut_name']}); "
+          f"the server's state is in {summary['state']}")
+    return 0

@@ -1,0 +1,392 @@
+"""Client and server as separate processes: the split step over ``torch.distributed`` (Gloo).
+
+The two parties meet in two stages:
+
+1. **Handshake** (no tensor crosses before it ends). The client connects to the server's socket on
+   ``host:port`` (the server binds ``127.0.0.1`` unless told otherwise). The server sends a random
+   nonce; the client answers ``HMAC-SHA256(secret, nonce)`` and its hello (the data set's shape and
+   classes, the run config's digest). The server compares the MAC in constant time and the config
+   digest with its own, then answers with the port of the rendezvous, or with the reason it refuses.
+2. **Gloo**: both join a two-rank ``ProcessGroupGloo`` (server rank 0, client rank 1) through a
+   ``TCPStore`` on that port; its pairs bind to the handshake's addresses. Every tensor after this
+   travels as a Gloo point-to-point send/receive.
+
+A request is a header (``HEADER`` int64s: operation, step, dtype code, number of dimensions, shape)
+followed by its tensors; the server checks every header (operation, step number, dtype, shape, batch
+size, labels) before it computes, and answers a bad one with an error that ends both sides.
+
+Not protected: Gloo traffic is not encrypted and the rendezvous store listens on every interface for
+the seconds of the rendezvous. Use it on loopback, a private network or a tunnel (docs/transport.md).
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from splitpriv.errors import SplitprivError
+
+HEADER = 12
+TRAIN, EVAL, EPOCH_END, END, ERROR = 1, 2, 3, 4, 5
+OPERATIONS = {TRAIN: "train", EVAL: "eval", EPOCH_END: "epoch_end", END: "end", ERROR: "error"}
+DTYPES = {0: torch.float32, 1: torch.bfloat16, 2: torch.float16, 3: torch.int64}
+DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
+SECRET_ENV = "SPLITPRIV_SECRET"
+DEFAULT_PORT = 29400
+
+
+class TransportError(SplitprivError):
+    """The other party refused, vanished, stalled or sent something unexpected; the message says which."""
+
+
+def read_secret(secret_file: str | None) -> bytes:
+    """The shared secret: the first line of ``secret_file``, else ``$SPLITPRIV_SECRET``."""
+    if secret_file:
+        try:
+            text = open(secret_file, encoding="utf-8").readline().strip()
+        except OSError as error:
+            raise TransportError(f"cannot read the secret file {secret_file}: {error.strerror}") from None
+    else:
+        text = os.environ.get(SECRET_ENV, "")
+    if len(text) < 16:
+        raise TransportError(f"a shared secret of at least 16 characters is needed: put it in ${SECRET_ENV} or in a "
+                             f"file given with --secret-file, the same on the server and every client "
+                             f"(e.g. python -c 'import secrets; print(secrets.token_hex(16))')")
+    return text.encode()
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``HOST``, port 29400) -> (host, port)."""
+    host, _, port = text.rpartition(":") if ":" in text else (text, "", str(DEFAULT_PORT))
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise TransportError(f"expected HOST:PORT such as 127.0.0.1:{DEFAULT_PORT}, got {text!r}")
+    return host, int(port)
+
+
+# ----------------------------------------------------------------------------- handshake
+
+
+def _send_json(connection: socket.socket, value: dict) -> None:
+    payload = json.dumps(value).encode()
+    connection.sendall(struct.pack("!I", len(payload)) + payload)
+
+
+def _receive_exactly(connection: socket.socket, count: int) -> bytes:
+    chunks = b""
+    while len(chunks) < count:
+        chunk = connection.recv(count - len(chunks))
+        if not chunk:
+            raise TransportError("the other party closed the connection during the handshake")
+        chunks += chunk
+    return chunks
+
+
+def _receive_json(connection: socket.socket, limit: int = 1 << 16) -> dict:
+    (length,) = struct.unpack("!I", _receive_exactly(connection, 4))
+    if length > limit:
+        raise TransportError(f"handshake message of {length} bytes refused (at most {limit})")
+    try:
+        value = json.loads(_receive_exactly(connection, length))
+    except ValueError:
+        raise TransportError("the handshake message is not JSON") from None
+    if not isinstance(value, dict):
+        raise TransportError("the handshake message is not a JSON object")
+    return value
+
+
+def _mac(secret: bytes, nonce: str) -> str:
+    return hmac.new(secret, nonce.encode(), hashlib.sha256).hexdigest()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def accept_client(host: str, port: int, secret: bytes, config_digest: str, timeout_s: float,
+                  on_listening=None) -> tuple[dict, int, str]:
+    """Server side: wait for one client that proves the secret and runs the same config.
+    Returns (the client's hello, the rendezvous port, the server's address)."""
+    with socket.create_server((host, port)) as listener:
+        listener.settimeout(timeout_s)
+        if on_listening:
+            on_listening(listener.getsockname())
+        while True:
+            try:
+                connection, peer = listener.accept()
+            except socket.timeout:
+                raise TransportError(f"no client connected to {host}:{port} within {timeout_s:.0f} s") from None
+            with connection:
+                connection.settimeout(timeout_s)
+                nonce = secrets.token_hex(16)
+                _send_json(connection, {"nonce": nonce})
+                try:
+                    hello = _receive_json(connection)
+                except (TransportError, OSError):
+                    continue  # a probe or a broken client: wait for the next one
+                if not hmac.compare_digest(str(hello.get("mac", "")), _mac(secret, nonce)):
+                    _send_json(connection, {"refused": "wrong shared secret"})
+                    print(f"refused a client from {peer[0]}: wrong shared secret", flush=True)
+                    continue
+                if hello.get("config_digest") != config_digest:
+                    _send_json(connection, {"refused": "the client's run config differs from the server's (model, cut, "
+                                                       "seed or training settings); start both with the same config"})
+                    continue
+                rendezvous = _free_port(host)
+                _send_json(connection, {"rendezvous_port": rendezvous})
+                return hello, rendezvous, connection.getsockname()[0]
+
+
+def join_server(host: str, port: int, secret: bytes, hello: dict, timeout_s: float) -> tuple[int, str]:
+    """Client side: prove the secret and present ``hello``. Returns (rendezvous port, own address)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            connection = socket.create_connection((host, port), timeout=timeout_s)
+            break
+        except OSError as error:
+            if time.monotonic() > deadline:
+                raise TransportError(f"cannot reach the server at {host}:{port} ({error.strerror or error}); is "
+                                     f"'splitpriv serve' running there?") from None
+            time.sleep(0.2)
+    with connection:
+        challenge = _receive_json(connection)
+        _send_json(connection, {**hello, "mac": _mac(secret, str(challenge.get("nonce", "")))})
+        answer = _receive_json(connection)
+        if "refused" in answer:
+            raise TransportError(f"the server at {host}:{port} refused this client: {answer['refused']}")
+        return int(answer["rendezvous_port"]), connection.getsockname()[0]
+
+
+def config_digest(values: dict) -> str:
+    """What both parties must agree on: the model, cut, seed and training settings."""
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- the Gloo link
+
+
+@dataclass(frozen=True)
+class Shaping:
+    """Link emulation on the sending side: each send of ``n`` bytes waits ``rtt_s / 2 + n / bandwidth``
+    first, so a request and its reply together take RTT + (bytes there + bytes back) / bandwidth more,
+    as the latency model's T^T = Size / bandwidth + RTT charges them (``bandwidth_bytes_per_s`` None:
+    unlimited)."""
+
+    bandwidth_bytes_per_s: float | None = None
+    rtt_s: float = 0.0
+
+    def delay_s(self, payload_bytes: int) -> float:
+        return self.rtt_s / 2 + (payload_bytes / self.bandwidth_bytes_per_s if self.bandwidth_bytes_per_s else 0.0)
+
+
+@dataclass
+class Link:
+    """A two-rank Gloo group: tensors to and from the other party, each wait bounded by ``timeout_s``."""
+
+    group: dist.ProcessGroup
+    rank: int
+    timeout_s: float
+    store: dist.Store = field(repr=False)
+    shaping: Shaping = field(default_factory=Shaping)
+
+    @classmethod
+    def connect(cls, rank: int, store_host: str, port: int, own_address: str, timeout_s: float,
+                shaping: Shaping | None = None) -> "Link":
+        timeout = datetime.timedelta(seconds=timeout_s)
+        try:
+            store = dist.TCPStore(store_host, port, 2, rank == 0, timeout=timeout)
+            options = dist.ProcessGroupGloo._Options()
+            options._devices = [dist.ProcessGroupGloo.create_device(hostname=own_address)]
+            options._timeout = timeout
+            group = dist.ProcessGroupGloo(store, rank, 2, options)
+        except (RuntimeError, dist.DistBackendError) as error:
+            raise TransportError(f"the rendezvous with the other party on port {port} failed: "
+                                 f"{' '.join(str(error).split())[:200]}") from None
+        return cls(group, rank, timeout_s, store, shaping or Shaping())
+
+    @property
+    def peer(self) -> int:
+        return 1 - self.rank
+
+    def send(self, *tensors: torch.Tensor) -> None:
+        """One message of ``tensors`` (a reply, or a request with its header): delayed once by the shaping."""
+        delay = self.shaping.delay_s(sum(t.numel() * t.element_size() for t in tensors))
+        if delay:
+            time.sleep(delay)
+        for tensor in tensors:
+            self._wait(self.group.send([tensor.detach().contiguous()], self.peer, 0), "sending")
+
+    def receive(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        tensor = torch.empty(shape, dtype=dtype)
+        self._wait(self.group.recv([tensor], self.peer, 0), "waiting for")
+        return tensor
+
+    def _wait(self, work, doing: str) -> None:
+        try:
+            work.wait(datetime.timedelta(seconds=self.timeout_s))
+        except (RuntimeError, dist.DistBackendError) as error:
+            party = "server" if self.peer == 0 else "client"
+            raise TransportError(f"{doing} the {party} failed: it vanished or stalled for more than "
+                                 f"{self.timeout_s:.0f} s ({' '.join(str(error).split())[:160]})") from None
+
+    # ------------------------------------------------------------------ framed requests
+    def request(self, operation: int, step: int, *tensors: torch.Tensor) -> None:
+        """A header describing ``tensors[0]`` (the message), then ``tensors``, as one message."""
+        header = torch.zeros(HEADER, dtype=torch.int64)
+        header[0], header[1] = operation, step
+        if tensors:
+            header[2], header[3] = DTYPE_CODES[tensors[0].dtype], tensors[0].dim()
+            header[4:4 + tensors[0].dim()] = torch.tensor(tensors[0].shape)
+        self.send(header, *tensors)
+
+    def receive_header(self) -> tuple[int, int, torch.dtype | None, tuple[int, ...]]:
+        header = self.receive((HEADER,), torch.int64).tolist()
+        operation, step, code, ndim = header[:4]
+        if operation not in OPERATIONS or code not in DTYPES or not 0 <= ndim <= HEADER - 4:
+            raise TransportError(f"malformed header {header[:4 + max(0, min(ndim, HEADER - 4))]}: unknown operation, "
+                                 f"dtype or rank; is the other party a splitpriv of the same version?")
+        return operation, step, DTYPES[code], tuple(header[4:4 + ndim])
+
+    def close(self) -> None:
+        del self.group
+
+
+# ----------------------------------------------------------------------------- the client's view of the server
+
+
+class RemoteServer(nn.Module):
+    """The server partition as the client sees it: ``forward(message)`` asks for logits (inference),
+    ``train_step(message, labels)`` runs the server's half of the split step there and returns
+    (loss, logits, the gradient w.r.t. the message). It holds no weights."""
+
+    def __init__(self, link: Link, num_classes: int):
+        super().__init__()
+        self.link, self.num_classes, self.step = link, num_classes, 0
+        self.wire, self.wire_in_all = WireMeter(), WireMeter()  # this epoch's steps, and every step
+
+    def train_step(self, message: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self.step += 1
+        started = time.perf_counter()
+        self.link.request(TRAIN, self.step, message, labels.to(torch.int64))
+        loss = self.link.receive((), torch.float32)
+        logits = self.link.receive((len(message), self.num_classes), torch.float32)
+        gradient = self.link.receive(tuple(message.shape), message.dtype)
+        server_s = float(self.link.receive((), torch.float64))
+        for meter in (self.wire, self.wire_in_all):
+            meter.add(time.perf_counter() - started, server_s, message, labels, gradient)
+        return loss, logits, gradient
+
+    def forward(self, message: torch.Tensor) -> torch.Tensor:
+        self.link.request(EVAL, self.step, message)
+        return self.link.receive((len(message), self.num_classes), torch.float32)
+
+    def epoch_end(self) -> None:
+        self.link.request(EPOCH_END, self.step)
+        self.link.receive((), torch.int64)  # the server has saved its state
+
+    def finish(self) -> None:
+        self.link.request(END, self.step)
+        self.link.close()
+
+
+@dataclass
+class WireMeter:
+    """Bytes and seconds of the training steps since the last ``take``: round trip as the client
+    measures it, the server's compute as the server reports it, and their difference (the wire)."""
+
+    steps: int = 0
+    forward_bytes: float = 0.0
+    backward_bytes: float = 0.0
+    round_trip_s: float = 0.0
+    server_s: float = 0.0
+
+    def add(self, round_trip_s: float, server_s: float, message, labels, gradient) -> None:
+        self.steps += 1
+        self.forward_bytes += message.numel() * message.element_size() + labels.numel() * 8
+        self.backward_bytes += gradient.numel() * gradient.element_size()
+        self.round_trip_s += round_trip_s
+        self.server_s += server_s
+
+    def take(self) -> dict[str, float]:
+        """Per-step means, then reset."""
+        steps = max(self.steps, 1)
+        values = {"wire_forward_bytes_per_step": self.forward_bytes / steps,
+                  "wire_backward_bytes_per_step": self.backward_bytes / steps,
+                  "wire_round_trip_s_per_step": self.round_trip_s / steps,
+                  "server_compute_s_per_step": self.server_s / steps,
+                  "wire_time_s_per_step": (self.round_trip_s - self.server_s) / steps}
+        self.__init__()
+        return values
+
+
+# ----------------------------------------------------------------------------- the server's loop
+
+
+def serve_steps(link: Link, server: nn.Module, optimizer: torch.optim.Optimizer, message_shape: tuple[int, ...],
+                num_classes: int, max_batch: int, save) -> int:
+    """Answer the client's requests until it ends the run; returns the training steps taken.
+
+    One training step is the server's half of :meth:`SplitLearningModule.training_step`, the same
+    operations in the same order: ``loss = CE(server(message), y)``, backward, step, and the
+    gradient w.r.t. the message goes back. ``save()`` stores the server's state at each epoch's end.
+    """
+    expected_step = 0
+    while True:
+        operation, step, dtype, shape = link.receive_header()
+        if operation == END:
+            return expected_step
+        if operation == EPOCH_END:
+            save()
+            link.send(torch.tensor(expected_step))
+            continue
+        _check_message(operation, step, expected_step, dtype, shape, message_shape, max_batch)
+        message = link.receive(shape, dtype)
+        if operation == EVAL:
+            server.eval()
+            with torch.no_grad():
+                link.send(server(message).float())
+            continue
+        expected_step += 1
+        labels = link.receive((shape[0],), torch.int64)
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise TransportError(f"step {step}: labels outside [0, {num_classes}) received; the client's data set "
+                                 f"does not match the server's model")
+        started = time.perf_counter()
+        server.train()
+        sent = message.requires_grad_(True)
+        logits = server(sent)
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        link.send(loss.detach().float(), logits.detach().float(), sent.grad,
+                  torch.tensor(time.perf_counter() - started, dtype=torch.float64))
+
+
+def _check_message(operation, step, expected_step, dtype, shape, message_shape, max_batch) -> None:
+    name = OPERATIONS[operation]
+    if operation == ERROR:
+        raise TransportError("the client reported an error and stopped")
+    wanted_step = expected_step + 1 if operation == TRAIN else expected_step
+    if step != wanted_step:
+        raise TransportError(f"{name} request with step {step}, expected step {wanted_step}: a step was lost or sent "
+                             f"twice; restart the client from its last checkpoint")
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TransportError(f"{name} request with a {dtype} message; a message is floating point")
+    if len(shape) != 1 + len(message_shape) or tuple(shape[1:]) != tuple(message_shape) or not 1 <= shape[0] <= max_batch:
+        raise TransportError(f"{name} request with a message of shape {list(shape)}; this server's cut expects "
+                             f"[1..{max_batch}, {', '.join(map(str, message_shape))}]")

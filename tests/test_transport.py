@@ -1,0 +1,155 @@
+"""Client and server as separate processes (``splitpriv serve`` / ``splitpriv client``) over Gloo on loopback."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from splitpriv.cli import main
+from splitpriv.config import load_run_config
+from splitpriv.errors import SplitprivError
+from splitpriv.experiment import train
+from splitpriv.runs import load_run
+from splitpriv.parties import SERVER_STATE, train_client
+from splitpriv.store import read_checkpoint
+from splitpriv.transport import Link, Shaping, TransportError, _check_message, accept_client
+
+SECRET = "a-test-secret-of-32-characters!!"
+TRAINING = ["--epochs", "2", "--threads", "1", "--seed", "3"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _serve(tmp_path: Path, port: int, *flags: str, secret: str = SECRET, timeout: float = 60) -> subprocess.Popen:
+    """``splitpriv serve`` in its own process, listening on 127.0.0.1:port."""
+    environment = {**os.environ, "SPLITPRIV_SECRET": secret, "WANDB_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, "-m", "splitpriv.cli", "serve", "--out", str(tmp_path), "--port", str(port),
+                             "--timeout", str(timeout), *TRAINING, *flags], env=environment, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _finish(server: subprocess.Popen) -> tuple[int, str]:
+    out, err = server.communicate(timeout=120)
+    return server.returncode, out + err
+
+
+def test_training_over_an_emulated_link_equals_in_process_training_bit_for_bit(tmp_path):
+    """Both parties shape their sends as a 16 Mbit/s link with a 20 ms round trip: slower, the same numbers."""
+    port = _free_port()
+    server = _serve(tmp_path, port, "--bandwidth-mbps", "16", "--rtt-ms", "20")
+    overrides = {"out": str(tmp_path), "training.progress_bar": False, "training.epochs": 2, "training.num_threads": 1,
+                 "seed": 3}
+    link = Shaping(16e6 / 8, 0.020)
+    remote = train_client(load_run_config(None, {**overrides, "name": "remote"}), f"127.0.0.1:{port}", SECRET.encode(), 60,
+                          link)
+    code, output = _finish(server)
+    assert code == 0, output
+    local = train(load_run_config(None, {**overrides, "name": "local"}))
+
+    for key in ("test_accuracy", "test_loss", "activation_bytes_per_sample"):
+        assert remote.metrics[key] == local.metrics[key], key
+    client_state = read_checkpoint(remote.path / "checkpoints" / "last.ckpt")["state_dict"]
+    assert not any(key.startswith("server.") for key in client_state)  # the client never holds the server's weights
+    for key, value in client_state.items():
+        assert torch.equal(value, local.module.state_dict()[key]), key
+    with pytest.raises(SplitprivError, match="trained with 'splitpriv client'"):
+        load_run(remote.path)
+    server_state = torch.load(next(tmp_path.glob(f"*-server/{SERVER_STATE}")), weights_only=True)["server"]
+    for key, value in server_state.items():
+        assert torch.equal(value, local.module.server.state_dict()[key]), key
+    # what crossed the wire per step: the message and the labels forward, the gradient back
+    batch = local.config.training.batch_size
+    assert remote.metrics["wire_backward_bytes_per_step"] <= batch * local.metrics["gradient_bytes_per_sample"]
+    assert remote.metrics["wire_forward_bytes_per_step"] == pytest.approx(
+        remote.metrics["wire_backward_bytes_per_step"] * (1 + 8 / local.metrics["activation_bytes_per_sample"]))
+    assert 0 < remote.metrics["server_compute_s_per_step"] < remote.metrics["wire_round_trip_s_per_step"]
+    # the emulated link costs at least what the latency model charges a training step's crossing
+    bytes_per_step = remote.metrics["wire_forward_bytes_per_step"] + remote.metrics["wire_backward_bytes_per_step"]
+    assert remote.metrics["wire_time_s_per_step"] >= link.rtt_s + bytes_per_step / link.bandwidth_bytes_per_s
+
+
+def test_a_client_without_the_secret_is_refused_before_any_tensor(tmp_path, capsys):
+    port = _free_port()
+    server = _serve(tmp_path, port, timeout=8)
+    os.environ["SPLITPRIV_SECRET"] = "another-secret-of-32-characters"
+    try:
+        code = main(["client", "--out", str(tmp_path), "--server", f"127.0.0.1:{port}", "--no-progress", *TRAINING])
+    finally:
+        del os.environ["SPLITPRIV_SECRET"]
+    assert code == 2
+    assert "refused this client: wrong shared secret" in capsys.readouterr().err
+    code, output = _finish(server)  # it keeps waiting for a client that knows the secret, then gives up
+    assert code == 2 and "refused a client from 127.0.0.1: wrong shared secret" in output
+    assert "no client connected" in output and "Traceback" not in output
+    assert not list(tmp_path.glob(f"*-server/{SERVER_STATE}"))
+
+
+def test_a_client_with_another_config_is_refused(tmp_path, capsys):
+    port = _free_port()
+    server = _serve(tmp_path, port, timeout=8)
+    os.environ["SPLITPRIV_SECRET"] = SECRET
+    try:
+        code = main(["client", "--out", str(tmp_path), "--server", f"127.0.0.1:{port}", "--no-progress", *TRAINING,
+                     "--cut-layer", "relu1"])
+    finally:
+        del os.environ["SPLITPRIV_SECRET"]
+    assert code == 2 and "run config differs" in capsys.readouterr().err
+    server.kill()
+    server.communicate()
+
+
+def test_missing_or_short_secret_and_absent_server_are_one_message_each(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SPLITPRIV_SECRET", raising=False)
+    assert main(["serve", "--out", str(tmp_path)]) == 2
+    assert "shared secret of at least 16 characters" in capsys.readouterr().err
+    monkeypatch.setenv("SPLITPRIV_SECRET", SECRET)
+    assert main(["client", "--out", str(tmp_path), "--server", f"127.0.0.1:{_free_port()}", "--timeout", "1",
+                 "--no-progress"]) == 2
+    assert "cannot reach the server" in capsys.readouterr().err
+    assert main(["client", "--out", str(tmp_path), "--server", "no-port-here:x"]) == 2
+    assert "expected HOST:PORT" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("operation, step, dtype, shape, wanted", [
+    (1, 5, torch.float32, (4, 32, 4, 4), "expected step 1"),  # a step lost or replayed
+    (1, 1, torch.int64, (4, 32, 4, 4), "floating point"),
+    (1, 1, torch.float32, (4, 16, 4, 4), "expects \\[1..64, 32, 4, 4\\]"),
+    (2, 0, torch.float32, (65, 32, 4, 4), "expects"),  # a batch beyond the limit
+])
+def test_the_server_refuses_an_unexpected_message(operation, step, dtype, shape, wanted):
+    with pytest.raises(TransportError, match=wanted):
+        _check_message(operation, step, 0, dtype, shape, (32, 4, 4), 64)
+
+
+@pytest.mark.parametrize("then", ["time.sleep(30)", "os._exit(0)"], ids=["stalls", "vanishes"])
+def test_a_peer_that_stalls_or_vanishes_is_an_error_within_the_timeout(then):
+    """A client joins the link, then sends nothing or dies: the server's wait ends with a message."""
+    port = _free_port()
+    client = f"""
+import os, time
+from splitpriv.transport import Link, join_server
+rendezvous, own = join_server("127.0.0.1", {port}, {SECRET!r}.encode(), {{"config_digest": "d", "dataset_info": {{}}}}, 90)
+link = Link.connect(1, "127.0.0.1", rendezvous, own, 20)
+{then}
+"""
+    child = subprocess.Popen([sys.executable, "-c", client])
+    try:
+        _, rendezvous, address = accept_client("127.0.0.1", port, SECRET.encode(), "d", 90)
+        link = Link.connect(0, "127.0.0.1", rendezvous, address, 3)
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="vanished or stalled for more than 3 s"):
+            link.receive_header()
+        assert time.monotonic() - started < 10
+    finally:
+        child.kill()
+        child.communicate()
