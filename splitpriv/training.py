@@ -218,6 +218,10 @@ class SplitLearningModule(L.LightningModule):
         self._train_count += len(y)
         self.accuracy["train_acc"].update(logits.detach(), y)
 
+    def on_train_epoch_start(self) -> None:
+        if self.remote:  # sequential split learning: this client's turn, from the previous client's partition
+            self.server.epoch_start(self.client)
+
     def on_train_start(self) -> None:
         if self.resuming_interrupted_run:  # set by splitpriv.train; the checkpoint's state is restored by now
             for component in self.cut_pipeline:
@@ -243,7 +247,7 @@ class SplitLearningModule(L.LightningModule):
         values.update(self.component_metrics())
         if self.remote:
             values.update(self.server.wire.take())
-            self.server.epoch_end()
+            self.server.epoch_end(self.client)
         self.log_dict(values, prog_bar=False)
         self.accuracy["train_acc"].reset()
         self._train_loss_sum = torch.zeros(())

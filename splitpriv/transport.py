@@ -28,6 +28,7 @@ import os
 import secrets
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -39,9 +40,11 @@ from torch import nn
 from splitpriv.errors import SplitprivError
 
 HEADER = 12
-TRAIN, EVAL, EPOCH_END, END, ERROR = 1, 2, 3, 4, 5
-OPERATIONS = {TRAIN: "train", EVAL: "eval", EPOCH_END: "epoch_end", END: "end", ERROR: "error"}
-DTYPES = {0: torch.float32, 1: torch.bfloat16, 2: torch.float16, 3: torch.int64}
+TRAIN, EVAL, EPOCH_END, END, ERROR, TURN = 1, 2, 3, 4, 5, 6
+OPERATIONS = {TRAIN: "train", EVAL: "eval", EPOCH_END: "epoch_end", END: "end", ERROR: "error", TURN: "turn"}
+MODES = ("splitfed", "sequential")  # several clients: averaged each round, or taking turns
+TURN_WAIT_FACTOR = 50  # a client waits for its turn (or a round's average) up to this many timeouts
+DTYPES = {0: torch.float32, 1: torch.bfloat16, 2: torch.float16, 3: torch.int64, 4: torch.float64}
 DTYPE_CODES = {dtype: code for code, dtype in DTYPES.items()}
 SECRET_ENV = "SPLITPRIV_SECRET"
 DEFAULT_PORT = 29400
@@ -117,9 +120,10 @@ def _free_port(host: str) -> int:
 
 
 def accept_client(host: str, port: int, secret: bytes, config_digest: str, timeout_s: float,
-                  on_listening=None) -> tuple[dict, int, str]:
-    """Server side: wait for one client that proves the secret and runs the same config.
-    Returns (the client's hello, the rendezvous port, the server's address)."""
+                  on_listening=None, validate=None) -> tuple[dict, int, str]:
+    """Server side: wait for one client that proves the secret and runs the same config
+    (``validate(hello)``: a further reason to refuse it, or None). Returns (the client's hello, the
+    rendezvous port, the server's address)."""
     with socket.create_server((host, port)) as listener:
         listener.settimeout(timeout_s)
         if on_listening:
@@ -143,7 +147,12 @@ def accept_client(host: str, port: int, secret: bytes, config_digest: str, timeo
                     continue
                 if hello.get("config_digest") != config_digest:
                     _send_json(connection, {"refused": "the client's run config differs from the server's (model, cut, "
-                                                       "seed or training settings); start both with the same config"})
+                                                       "seed, training settings or clients); start both with the same "
+                                                       "config"})
+                    continue
+                reason = validate(hello) if validate else None
+                if reason:
+                    _send_json(connection, {"refused": reason})
                     continue
                 rendezvous = _free_port(host)
                 _send_json(connection, {"rendezvous_port": rendezvous})
@@ -230,18 +239,19 @@ class Link:
         for tensor in tensors:
             self._wait(self.group.send([tensor.detach().contiguous()], self.peer, 0), "sending")
 
-    def receive(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    def receive(self, shape: tuple[int, ...], dtype: torch.dtype, timeout_s: float | None = None) -> torch.Tensor:
         tensor = torch.empty(shape, dtype=dtype)
-        self._wait(self.group.recv([tensor], self.peer, 0), "waiting for")
+        self._wait(self.group.recv([tensor], self.peer, 0), "waiting for", timeout_s)
         return tensor
 
-    def _wait(self, work, doing: str) -> None:
+    def _wait(self, work, doing: str, timeout_s: float | None = None) -> None:
+        timeout_s = timeout_s or self.timeout_s
         try:
-            work.wait(datetime.timedelta(seconds=self.timeout_s))
+            work.wait(datetime.timedelta(seconds=timeout_s))
         except (RuntimeError, dist.DistBackendError) as error:
             party = "server" if self.peer == 0 else "client"
             raise TransportError(f"{doing} the {party} failed: it vanished or stalled for more than "
-                                 f"{self.timeout_s:.0f} s ({' '.join(str(error).split())[:160]})") from None
+                                 f"{timeout_s:.0f} s ({' '.join(str(error).split())[:160]})") from None
 
     # ------------------------------------------------------------------ framed requests
     def request(self, operation: int, step: int, *tensors: torch.Tensor) -> None:
@@ -273,19 +283,20 @@ class RemoteServer(nn.Module):
     ``train_step(message, labels)`` runs the server's half of the split step there and returns
     (loss, logits, the gradient w.r.t. the message). It holds no weights."""
 
-    def __init__(self, link: Link, num_classes: int):
+    def __init__(self, link: Link, num_classes: int, clients: int = 1, mode: str = "splitfed", samples: int = 0):
         super().__init__()
         self.link, self.num_classes, self.step = link, num_classes, 0
+        self.clients, self.mode, self.samples = clients, mode, samples
         self.wire, self.wire_in_all = WireMeter(), WireMeter()  # this epoch's steps, and every step
 
     def train_step(self, message: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         self.step += 1
         started = time.perf_counter()
         self.link.request(TRAIN, self.step, message, labels.to(torch.int64))
-        loss = self.link.receive((), torch.float32)
-        logits = self.link.receive((len(message), self.num_classes), torch.float32)
+        # the reply: [loss, the server's compute seconds, logits...] in one tensor, then the gradient
+        head = self.link.receive((2 + len(message) * self.num_classes,), torch.float32)
         gradient = self.link.receive(tuple(message.shape), message.dtype)
-        server_s = float(self.link.receive((), torch.float64))
+        loss, server_s, logits = head[0], float(head[1]), head[2:].view(len(message), self.num_classes)
         for meter in (self.wire, self.wire_in_all):
             meter.add(time.perf_counter() - started, server_s, message, labels, gradient)
         return loss, logits, gradient
@@ -294,9 +305,28 @@ class RemoteServer(nn.Module):
         self.link.request(EVAL, self.step, message)
         return self.link.receive((len(message), self.num_classes), torch.float32)
 
-    def epoch_end(self) -> None:
-        self.link.request(EPOCH_END, self.step)
-        self.link.receive((), torch.int64)  # the server has saved its state
+    def epoch_start(self, client: nn.Module) -> None:
+        """Sequential split learning: wait for this client's turn and take the client partition as the
+        previous client left it."""
+        if self.clients > 1 and self.mode == "sequential":
+            self.link.request(TURN, self.step)
+            load_flat_state(client, self._receive_state(client))
+
+    def epoch_end(self, client: nn.Module) -> None:
+        """The round's end: one client - the server saves its state; SplitFed - the client partition
+        is replaced by the round's average over the clients; sequential - it passes to the next client."""
+        if self.clients == 1:
+            self.link.request(EPOCH_END, self.step)
+            self.link.receive((), torch.int64)  # the server has saved its state
+            return
+        self.link.request(EPOCH_END, self.step, flat_state(client), torch.tensor(float(self.samples)))
+        if self.mode == "splitfed":
+            load_flat_state(client, self._receive_state(client))
+        else:
+            self.link.receive((), torch.int64)
+
+    def _receive_state(self, client: nn.Module) -> torch.Tensor:
+        return self.link.receive((flat_size(client),), torch.float64, self.link.timeout_s * TURN_WAIT_FACTOR)
 
     def finish(self) -> None:
         self.link.request(END, self.step)
@@ -336,45 +366,133 @@ class WireMeter:
 # ----------------------------------------------------------------------------- the server's loop
 
 
+def flat_state(module: nn.Module) -> torch.Tensor:
+    """A module's state (parameters and buffers, in order) as one float64 vector."""
+    return torch.cat([value.detach().flatten().double() for value in module.state_dict().values()])
+
+
+def flat_size(module: nn.Module) -> int:
+    return sum(value.numel() for value in module.state_dict().values())
+
+
+def load_flat_state(module: nn.Module, flat: torch.Tensor) -> None:
+    state, offset = module.state_dict(), 0
+    for key, value in state.items():
+        state[key] = flat[offset: offset + value.numel()].reshape(value.shape).to(value.dtype)
+        offset += value.numel()
+    module.load_state_dict(state)
+
+
+class Rounds:
+    """What the server does at the clients' round boundaries, shared by its clients' threads.
+
+    One client: save the server's state. Several, ``splitfed`` (Thapa et al. 2022): each client's
+    partition after its round, w_k with n_k training samples, is averaged, w = Σ_k n_k w_k / Σ_k n_k
+    (FedAvg), and every client continues from w. Several, ``sequential`` (vanilla split learning,
+    Gupta & Raskar 2018): one client trains at a time, in index order, starting from the partition the
+    previous one left. Either way the partitions pass through the serve process: the server party
+    sees the clients' weights (a white-box grant), unlike with one client.
+    """
+
+    def __init__(self, clients: int, mode: str, client: nn.Module, save, wait_s: float):
+        self.clients, self.mode, self.save, self.wait_s = clients, mode, save, wait_s
+        self.lock = threading.Condition()  # also serialises the server's computation across clients
+        self.weights = flat_state(client)  # the partition the next client (or round) starts from
+        self.turn, self.round, self.pending = 0, 0, {}
+        self.failed: str | None = None
+
+    def _wait_until(self, ready) -> None:
+        if not self.lock.wait_for(lambda: ready() or self.failed, self.wait_s):
+            raise TransportError(f"waited {self.wait_s:.0f} s for the other clients' round; one stalled or vanished")
+        if self.failed:
+            raise TransportError(f"another client's connection failed: {self.failed}")
+
+    def start(self, link: Link, index: int) -> None:
+        with self.lock:
+            self._wait_until(lambda: self.turn == index)
+            weights = self.weights
+        link.send(weights)
+
+    def end(self, link: Link, index: int, weights: torch.Tensor | None, samples: float, steps: int) -> None:
+        with self.lock:
+            if self.clients == 1:
+                self.save()
+                reply = torch.tensor(steps)
+            elif self.mode == "sequential":
+                self.weights, self.turn = weights, (index + 1) % self.clients
+                self.save()
+                self.lock.notify_all()
+                reply = torch.tensor(steps)
+            else:
+                self.pending[index] = (weights, samples)
+                this_round = self.round
+                if len(self.pending) == self.clients:
+                    total = sum(n for _, n in self.pending.values())
+                    self.weights = sum(w * (n / total) for w, n in self.pending.values())
+                    self.pending, self.round = {}, self.round + 1
+                    self.save()
+                    self.lock.notify_all()
+                self._wait_until(lambda: self.round > this_round)
+                reply = self.weights
+        link.send(reply)
+
+    def fail(self, reason: str) -> None:
+        with self.lock:
+            self.failed = reason
+            self.lock.notify_all()
+
+
 def serve_steps(link: Link, server: nn.Module, optimizer: torch.optim.Optimizer, message_shape: tuple[int, ...],
-                num_classes: int, max_batch: int, save) -> int:
-    """Answer the client's requests until it ends the run; returns the training steps taken.
+                num_classes: int, max_batch: int, rounds: Rounds, index: int = 0, state_size: int = 0) -> int:
+    """Answer one client's requests until it ends the run; returns the training steps taken.
 
     One training step is the server's half of :meth:`SplitLearningModule.training_step`, the same
     operations in the same order: ``loss = CE(server(message), y)``, backward, step, and the
-    gradient w.r.t. the message goes back. ``save()`` stores the server's state at each epoch's end.
+    gradient w.r.t. the message goes back. Round boundaries go to ``rounds`` (``state_size``: the
+    client partition's flat size, which several clients send there).
     """
     expected_step = 0
     while True:
         operation, step, dtype, shape = link.receive_header()
         if operation == END:
             return expected_step
+        if operation == TURN:
+            rounds.start(link, index)
+            continue
         if operation == EPOCH_END:
-            save()
-            link.send(torch.tensor(expected_step))
+            weights = samples = None
+            if rounds.clients > 1:
+                if dtype != torch.float64 or shape != (state_size,):
+                    raise TransportError(f"epoch_end with a client partition of shape {list(shape)} and {dtype}; "
+                                         f"expected [{state_size}] float64: do both parties run the same model and cut?")
+                weights, samples = link.receive(shape, dtype), float(link.receive((), torch.float32))
+            rounds.end(link, index, weights, samples, expected_step)
             continue
         _check_message(operation, step, expected_step, dtype, shape, message_shape, max_batch)
         message = link.receive(shape, dtype)
         if operation == EVAL:
-            server.eval()
-            with torch.no_grad():
-                link.send(server(message).float())
+            with rounds.lock, torch.no_grad():
+                server.eval()
+                logits = server(message).float()
+            link.send(logits)
             continue
         expected_step += 1
         labels = link.receive((shape[0],), torch.int64)
         if labels.min() < 0 or labels.max() >= num_classes:
             raise TransportError(f"step {step}: labels outside [0, {num_classes}) received; the client's data set "
                                  f"does not match the server's model")
-        started = time.perf_counter()
-        server.train()
-        sent = message.requires_grad_(True)
-        logits = server(sent)
-        loss = F.cross_entropy(logits, labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        link.send(loss.detach().float(), logits.detach().float(), sent.grad,
-                  torch.tensor(time.perf_counter() - started, dtype=torch.float64))
+        with rounds.lock:
+            started = time.perf_counter()
+            server.train()
+            sent = message.requires_grad_(True)
+            logits = server(sent)
+            loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            compute_s = time.perf_counter() - started
+        head = torch.cat([loss.detach().float().reshape(1), torch.tensor([compute_s]), logits.detach().float().flatten()])
+        link.send(head, sent.grad)
 
 
 def _check_message(operation, step, expected_step, dtype, shape, message_shape, max_batch) -> None:

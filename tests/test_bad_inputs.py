@@ -387,6 +387,7 @@ CASES = [
     Case("serve without a shared secret", lambda tmp, r, s: ["serve", "--out", str(tmp)], "shared secret of at least 16"),
     Case("serve negative bandwidth", lambda tmp, r, s: ["serve", "--out", str(tmp), "--bandwidth-mbps", "-1"], "--bandwidth-mbps"),
     Case("client address without a port", lambda tmp, r, s: ["client", "--out", str(tmp), "--server", "host:x"], "expected HOST:PORT"),
+    Case("serve with no clients", lambda tmp, r, s: ["serve", "--out", str(tmp), "--clients", "0"], "--clients"),
     Case("client negative round trip", lambda tmp, r, s: ["client", "--out", str(tmp), "--rtt-ms", "-5"], "--rtt-ms"),
     Case("client secret file missing", lambda tmp, r, s: ["client", "--out", str(tmp), "--secret-file", str(tmp / "none")],
          "cannot read the secret file"),

@@ -153,3 +153,44 @@ link = Link.connect(1, "127.0.0.1", rendezvous, own, 20)
     finally:
         child.kill()
         child.communicate()
+
+
+def _client_process(tmp_path: Path, port: int, index: int, mode: str, epochs: str) -> subprocess.Popen:
+    environment = {**os.environ, "SPLITPRIV_SECRET": SECRET, "WANDB_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, "-m", "splitpriv.cli", "client", "--out", str(tmp_path), "--name", f"c{index}",
+                             "--server", f"127.0.0.1:{port}", "--clients", "2", "--mode", mode, "--client-index",
+                             str(index), "--no-progress", "--threads", "1", "--seed", "3", "--epochs", epochs],
+                            env=environment, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("mode", ["splitfed", "sequential"])
+def test_two_clients_train_digits_with_one_server(tmp_path, mode):
+    """SplitFed: both clients end with the same averaged partition, so they test identically.
+    Sequential: the partition passes from client to client; the last one to train holds the model."""
+    import json
+
+    port = _free_port()
+    server = _serve(tmp_path, port, "--clients", "2", "--mode", mode, "--epochs", "4")
+    clients = [_client_process(tmp_path, port, index, mode, "4") for index in (0, 1)]
+    for process in clients:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-2000:]
+    code, output = _finish(server)
+    assert code == 0, output
+    metrics = [json.loads((tmp_path / f"c{index}" / "metrics.json").read_text()) for index in (0, 1)]
+    served_steps = int(output.split("served ")[1].split()[0])
+    steps_per_client = [-(-len_ // 64) * 4 for len_ in _shard_sizes(2)]
+    assert served_steps == sum(steps_per_client)  # every step of both shards, none twice
+    if mode == "splitfed":
+        assert metrics[0]["test_loss"] == metrics[1]["test_loss"]
+        assert metrics[0]["test_accuracy"] >= 0.8
+    else:
+        assert max(m["test_accuracy"] for m in metrics) >= 0.8
+
+
+def _shard_sizes(clients: int) -> list[int]:
+    from splitpriv.data import make_splits
+    from splitpriv.parties import client_shard
+
+    data = make_splits(load_run_config(None, {"seed": 3}).data, 3)
+    return [len(client_shard(data, index, clients).private_train) for index in range(clients)]

@@ -5,7 +5,7 @@ import argparse
 import json
 
 from splitpriv.commands.common import add_training_arguments, config_from_args
-from splitpriv.commands.serve import add_transport_arguments, shaping_from_args
+from splitpriv.commands.serve import add_transport_arguments, federation_from_args, shaping_from_args
 
 HELP = "train as the client party against 'splitpriv serve' (same config; the run folder holds the client's state)"
 
@@ -13,6 +13,8 @@ HELP = "train as the client party against 'splitpriv serve' (same config; the ru
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_training_arguments(parser)
     parser.add_argument("--server", default="127.0.0.1:29400", help="HOST:PORT of 'splitpriv serve'")
+    parser.add_argument("--client-index", type=int, default=0,
+                        help="this client's index among --clients (0..N-1): it trains on every N-th private image from it")
     add_transport_arguments(parser)
 
 
@@ -23,8 +25,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"training.progress_bar": False} if args.no_progress else {}
     cfg = config_from_args(args, overrides)
     parse_address(args.server)
-    shaping = shaping_from_args(args)
-    run = train_client(cfg, args.server, read_secret(args.secret_file), args.timeout, shaping, force=args.force)
+    shaping, federation = shaping_from_args(args), federation_from_args(args)
+    run = train_client(cfg, args.server, read_secret(args.secret_file), args.timeout, shaping, federation,
+                       args.client_index, force=args.force)
     print(f"run written to {run.path} (the client's state; the server keeps its own)")
     print(json.dumps(run.metrics, indent=2))
     return 0

@@ -17,6 +17,16 @@ def add_transport_arguments(parser: argparse.ArgumentParser) -> None:
                                                              "(megabits per second; default: unlimited)")
     parser.add_argument("--rtt-ms", type=float, default=0.0,
                         help="emulate this round-trip time: half of it is added to each of this party's sends")
+    parser.add_argument("--clients", type=int, default=1, help="clients training with the server (the same on every party)")
+    parser.add_argument("--mode", choices=["splitfed", "sequential"], default="splitfed",
+                        help="several clients: splitfed (in parallel, client partitions averaged each epoch) or "
+                             "sequential (vanilla split learning: one client at a time, the partition passed on)")
+
+
+def federation_from_args(args: argparse.Namespace):
+    from splitpriv.parties import Federation
+
+    return Federation(args.clients, args.mode)
 
 
 def shaping_from_args(args: argparse.Namespace):
@@ -44,12 +54,12 @@ def run(args: argparse.Namespace) -> int:
     from splitpriv.transport import read_secret
 
     cfg = config_from_args(args, {"training.progress_bar": False})
-    shaping = shaping_from_args(args)
+    shaping, federation = shaping_from_args(args), federation_from_args(args)
     secret = read_secret(args.secret_file)
     out = Path(cfg.out) / f"{cfg.run_name()}-server"
     summary = serve(cfg, args.host, args.port, secret, out, args.timeout,
                     on_listening=lambda address: print(f"serving on {address[0]}:{address[1]}", flush=True),
-                    shaping=shaping)
-    print(f"served {summary['steps']} training steps at cut {summary['cut_layer']} ({summary['cut_name']}); "
-          f"the server's state is in {summary['state']}")
+                    shaping=shaping, federation=federation)
+    print(f"served {summary['steps']} training steps of {summary['clients']} client(s) at cut {summary['cut_layer']} "
+          f"({summary['cut_name']}); the server's state is in {summary['state']}")
     return 0
