@@ -27,10 +27,10 @@ from splitpriv.cut import MessageTransform, NoiseModel
 from splitpriv.config import POSITIVE_INT, check
 from splitpriv.fields import one_of
 from splitpriv.decoders import CAPACITIES
-from splitpriv.data import ImageSet, load_images, match_shape
+from splitpriv.data import ImageSet, load_images, make_splits, match_shape
 from splitpriv.errors import SplitprivError
 from splitpriv.runs import build_module
-from splitpriv.store import atomic_save_figure, atomic_write_json, pyplot
+from splitpriv.store import atomic_save_figure, atomic_write_json, pyplot, read_tensors
 
 ATTACK_FILE, GRID_FILE = "attack.json", "reconstructions.png"
 QUERY_CHUNK = 1024  # inputs per client query: bounds memory for large messages (e.g. 32x26x26 on MNIST)
@@ -233,6 +233,80 @@ def run_attacks(run, settings: AttackSettings | None = None, *, out_dir: str | P
     save_reconstruction_grid(out / GRID_FILE, originals, results, settings.grid_images)
     atomic_write_json(out / ATTACK_FILE, record)
     return record
+
+
+OBSERVED_KEYS = ("train_messages", "train_labels", "returned_gradients", "test_messages", "server_state")
+
+
+def attack_observed(cfg, observed: str | Path, settings: AttackSettings | None = None, *,
+                    out_dir: str | Path | None = None, progress: Callable[[str], None] | None = print) -> dict:
+    """The passive adversary from what ``splitpriv serve --record`` kept, and nothing else.
+
+    The server holds its trained partition, the client's architecture (the shared config), the
+    messages it received in the last training epoch and in the client's test pass, and proxy data of
+    its own; no query access and no client weights, so only attacks within the ``passive`` grants run
+    (default: the surrogate-client attack). The reconstructions of the test pass's messages are scored
+    against the private test images they came from, which the evaluator (not the attacker) rebuilds from
+    ``cfg`` in the test loader's order. Writes attack.json and reconstructions.png beside the record."""
+    settings = settings or AttackSettings()
+    say = progress or (lambda message: None)
+    started = time.perf_counter()
+    path = Path(observed)
+    record = read_tensors(path, "observation record")
+    if not isinstance(record, dict) or any(not isinstance(record.get(k), (torch.Tensor, dict)) for k in OBSERVED_KEYS):
+        raise SplitprivError(f"{path} is not a record of 'splitpriv serve --record' (it needs {list(OBSERVED_KEYS)})")
+    data = make_splits(cfg.data, cfg.seed)
+    info = data.info
+    module = build_module(cfg, info.num_classes, info.in_channels, info.image_size)
+    try:
+        module.server.load_state_dict(record["server_state"])
+    except RuntimeError:
+        raise SplitprivError(f"the server partition in {path} does not fit the config's model and cut; pass the "
+                             f"config the server ran with") from None
+    server = module.server.eval().requires_grad_(False)
+    test_messages = record["test_messages"].float()
+    count = min(settings.samples, len(test_messages), len(data.private_test))
+    if len(test_messages) != len(data.private_test):
+        raise SplitprivError(f"{path} holds {len(test_messages)} test-pass messages but the config's private test set "
+                             f"has {len(data.private_test)} images; pass the config the client ran with")
+    originals = data.private_test.images[:count].float() / 255
+    proxy, proxy_record, _ = load_proxy(data, cfg.data, settings.proxy, settings.proxy_size, settings.seed)
+
+    def architecture() -> torch.nn.Module:
+        return build_module(dataclasses.replace(cfg, seed=settings.seed + 7919), info.num_classes, info.in_channels,
+                            info.image_size).client
+
+    target = AttackTarget(info.input_shape, tuple(test_messages.shape[1:]), data.normalize, False, settings.seed,
+                          proxy=proxy, architecture=architecture, server=server,
+                          observed=record["train_messages"].float(), num_classes=info.num_classes)
+    specs = settings.attacks or [{"name": "surrogate_client", "capacity": settings.decoder_capacities[-1]}]
+    attacks = build_attacks(specs)
+    passive = THREAT_MODELS["passive"]
+    beyond = [a.label for a in attacks if not passive.admits(a.grants)]
+    if beyond:
+        raise SplitprivError(f"{', '.join(beyond)} need(s) more than a record grants (query access or the client's "
+                             f"weights); from --observed only attacks within the passive grants "
+                             f"{sorted(passive.grants)} run, e.g. surrogate_client")
+    results = []
+    for i, attack in enumerate(attacks, 1):
+        say(f"  attack {i}/{len(attacks)} {attack.label} ...")
+        attack.progress = progress
+        results.append(evaluate(attack, target, test_messages[:count], originals))
+    per_attack = {r.label: {**r.record, **r.metrics, "fit_time_s": r.fit_time_s} for r in results}
+    out = Path(out_dir) if out_dir is not None else path.parent
+    attack_record = {
+        "observed": str(path), "dataset": cfg.data.dataset, "model": cfg.model.name, "cut_layer": module.cut_layer,
+        "cut_name": module.cut_name, "threat_model": "passive",
+        "observation": {"observed_training_messages": len(record["train_messages"]),
+                        "test_pass_messages": len(test_messages)},
+        "proxy": proxy_record, "private_test_samples": count, "attacks": per_attack,
+        "worst_case": {"passive": worst_case({label: {k: a.get(k) for k in LEAKAGE_METRICS}
+                                              for label, a in per_attack.items()})},
+        "attack_time_s": time.perf_counter() - started,
+    }
+    save_reconstruction_grid(out / GRID_FILE, originals, results, settings.grid_images)
+    atomic_write_json(out / ATTACK_FILE, attack_record)
+    return attack_record
 
 
 def worst_case_by_threat_model(per_attack: dict[str, dict]) -> dict[str, dict | None]:

@@ -23,10 +23,11 @@ from splitpriv.errors import ConfigError, SplitprivError
 from splitpriv.experiment import train
 from splitpriv.runs import Run, build_module
 from splitpriv.training import SplitLearningModule, make_optimizer
-from splitpriv.transport import (MODES, TURN_WAIT_FACTOR, Link, RemoteServer, Rounds, Shaping, TransportError,
+from splitpriv.transport import (MODES, TURN_WAIT_FACTOR, Link, ObservationRecord, RemoteServer, Rounds, Shaping,
+                                 TransportError,
                                  accept_client, config_digest, flat_size, join_server, parse_address, serve_steps)
 
-SERVER_STATE = "server.ckpt"
+SERVER_STATE, OBSERVED = "server.ckpt", "observed.pt"
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Federation:
         if not isinstance(self.clients, int) or self.clients < 1:
             raise ConfigError("--clients", self.clients, "an integer >= 1")
         if self.mode not in MODES:
-            raise ConfigError("--mode", self.mode, f"one of {list(MODES)}")
+            raise ConfigError("--federation", self.mode, f"one of {list(MODES)}")
 
 
 def agreed_settings(cfg: RunConfig, federation: Federation) -> dict:
@@ -63,12 +64,16 @@ def _check_supported(cfg: RunConfig) -> None:
 
 
 def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, timeout_s: float = 120.0,
-          on_listening=None, shaping: Shaping | None = None, federation: Federation = Federation()) -> dict:
+          on_listening=None, shaping: Shaping | None = None, federation: Federation = Federation(),
+          record: bool = False) -> dict:
     """Serve the clients' training run: wait for ``federation.clients`` clients, then answer their steps
     (one thread per client, the server's computation one step at a time) until each ends the run.
-    Writes ``<out>/server.ckpt`` (the server partition and its optimizer) at every round's end.
+    Writes ``<out>/server.ckpt`` (the server partition and its optimizer) at every round's end, and with
+    ``record`` ``<out>/observed.pt`` (:class:`~splitpriv.transport.ObservationRecord`, one client only).
     ``shaping`` emulates the link on the server's sends. Returns a summary (steps, where the state is)."""
     _check_supported(cfg)
+    if record and federation.clients > 1:
+        raise ConfigError("--record", True, "one client only (a record holds one client's messages)")
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
     digest = config_digest(agreed_settings(cfg, federation))
@@ -103,13 +108,15 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
         os.replace(temporary, state_path)
 
     rounds = Rounds(federation.clients, federation.mode, module.client, save, timeout_s * TURN_WAIT_FACTOR)
+    observation = ObservationRecord() if record else None
     steps: dict[int, int] = {}
     errors: list[BaseException] = []
 
     def serve_one(index: int, link: Link) -> None:
         try:
             steps[index] = serve_steps(link, server, optimizer, message_shape, num_classes,
-                                       max(cfg.training.batch_size, 1024), rounds, index, flat_size(module.client))
+                                       max(cfg.training.batch_size, 1024), rounds, index, flat_size(module.client),
+                                       observation)
         except Exception as error:  # noqa: BLE001 - reported below, after the other clients' threads end
             errors.append(error)
             rounds.fail(f"client {index}: {error}")
@@ -122,8 +129,11 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
     if errors:
         raise errors[0] if isinstance(errors[0], SplitprivError) else TransportError(str(errors[0]))
     save()
+    if observation:
+        observation.save(folder / OBSERVED, server)
     return {"steps": sum(steps.values()), "state": str(state_path), "cut_layer": module.cut_layer,
-            "cut_name": module.cut_name, "clients": federation.clients}
+            "cut_name": module.cut_name, "clients": federation.clients,
+            "observed": str(folder / OBSERVED) if observation else None}
 
 
 def train_client(cfg: RunConfig, server_address: str, secret: bytes, timeout_s: float = 120.0,

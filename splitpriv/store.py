@@ -153,18 +153,23 @@ def require_trusted_plugins(paths: list[str], source: Path) -> None:
                              f"trust them, pass " + " ".join(f"--plugin {p}" for p in missing))
 
 
-def read_checkpoint(path: Path) -> dict:
-    """A Lightning checkpoint read without running any of its code: tensors and plain data only
-    (``torch.load(weights_only=True)``); a checkpoint that needs more is refused, not loaded."""
+def read_tensors(path: Path, what: str = "checkpoint") -> Any:
+    """A torch file read without running any of its code: tensors and plain data only
+    (``torch.load(weights_only=True)``); a file that needs more is refused, not loaded."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         reason = str(error).strip().splitlines()[0][:300]
-        raise RunStateError(f"checkpoint {path} holds more than tensors and plain data ({reason}); it was not written "
+        raise RunStateError(f"{what} {path} holds more than tensors and plain data ({reason}); it was not written "
                             f"by splitpriv or was altered, and is not loaded because loading it could run code") from None
     except Exception as error:  # any failure to parse an untrusted file means it is unreadable, whatever torch raises
-        raise RunStateError(f"checkpoint {path} cannot be read ({type(error).__name__}: {str(error)[:200]}): it is "
-                            f"truncated or corrupt; retrain the run, or restore an intact copy") from None
+        raise RunStateError(f"{what} {path} cannot be read ({type(error).__name__}: {str(error)[:200]}): it is "
+                            f"truncated or corrupt; write it again, or restore an intact copy") from None
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A Lightning checkpoint read with :func:`read_tensors`."""
+    checkpoint = read_tensors(path)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise RunStateError(f"checkpoint {path} is not a splitpriv training checkpoint (no state_dict)")
     return checkpoint

@@ -31,6 +31,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -442,14 +443,49 @@ class Rounds:
             self.lock.notify_all()
 
 
+class ObservationRecord:
+    """What the server observed, kept for ``splitpriv attack --observed``: the last epoch's training
+    messages (at most ``limit``), their labels and the gradients returned for them, and the messages of
+    the client's evaluation requests after its last epoch (its test pass, in the test set's order)."""
+
+    def __init__(self, limit: int = 1024):
+        self.limit = limit
+        self.epoch: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.evaluated: list[torch.Tensor] = []
+
+    def trained(self, message: torch.Tensor, labels: torch.Tensor, gradient: torch.Tensor) -> None:
+        if sum(len(m) for m, _, _ in self.epoch) < self.limit:
+            self.epoch.append((message.detach().clone(), labels.clone(), gradient.detach().clone()))
+
+    def evaluation(self, message: torch.Tensor) -> None:
+        self.evaluated.append(message.detach().clone())
+
+    def epoch_end(self) -> None:
+        self.kept, self.epoch, self.evaluated = self.epoch, [], []  # evaluations so far were validation passes
+
+    def save(self, path: Path, server: nn.Module) -> None:
+        kept = self.kept or self.epoch
+        if not kept or not self.evaluated:
+            raise TransportError("nothing to record: the client ended before a training epoch and its test pass")
+        record = {"train_messages": torch.cat([m for m, _, _ in kept])[: self.limit],
+                  "train_labels": torch.cat([y for _, y, _ in kept])[: self.limit],
+                  "returned_gradients": torch.cat([g for _, _, g in kept])[: self.limit],
+                  "test_messages": torch.cat(self.evaluated), "server_state": server.state_dict()}
+        temporary = path.with_name(f".{path.name}.tmp")
+        torch.save(record, temporary)
+        os.replace(temporary, path)
+
+
 def serve_steps(link: Link, server: nn.Module, optimizer: torch.optim.Optimizer, message_shape: tuple[int, ...],
-                num_classes: int, max_batch: int, rounds: Rounds, index: int = 0, state_size: int = 0) -> int:
+                num_classes: int, max_batch: int, rounds: Rounds, index: int = 0, state_size: int = 0,
+                record: ObservationRecord | None = None) -> int:
     """Answer one client's requests until it ends the run; returns the training steps taken.
 
     One training step is the server's half of :meth:`SplitLearningModule.training_step`, the same
     operations in the same order: ``loss = CE(server(message), y)``, backward, step, and the
     gradient w.r.t. the message goes back. Round boundaries go to ``rounds`` (``state_size``: the
-    client partition's flat size, which several clients send there).
+    client partition's flat size, which several clients send there); ``record`` keeps what was observed.
     """
     expected_step = 0
     while True:
@@ -467,6 +503,8 @@ def serve_steps(link: Link, server: nn.Module, optimizer: torch.optim.Optimizer,
                                          f"expected [{state_size}] float64: do both parties run the same model and cut?")
                 weights, samples = link.receive(shape, dtype), float(link.receive((), torch.float32))
             rounds.end(link, index, weights, samples, expected_step)
+            if record:
+                record.epoch_end()
             continue
         _check_message(operation, step, expected_step, dtype, shape, message_shape, max_batch)
         message = link.receive(shape, dtype)
@@ -475,6 +513,8 @@ def serve_steps(link: Link, server: nn.Module, optimizer: torch.optim.Optimizer,
                 server.eval()
                 logits = server(message).float()
             link.send(logits)
+            if record:
+                record.evaluation(message)
             continue
         expected_step += 1
         labels = link.receive((shape[0],), torch.int64)
@@ -493,6 +533,8 @@ def serve_steps(link: Link, server: nn.Module, optimizer: torch.optim.Optimizer,
             compute_s = time.perf_counter() - started
         head = torch.cat([loss.detach().float().reshape(1), torch.tensor([compute_s]), logits.detach().float().flatten()])
         link.send(head, sent.grad)
+        if record:
+            record.trained(message, labels, sent.grad)
 
 
 def _check_message(operation, step, expected_step, dtype, shape, message_shape, max_batch) -> None:

@@ -35,7 +35,10 @@ def attack_spec(text: str) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="the run folder written by 'splitpriv train' (runs/<name>)")
+    parser.add_argument("--run", help="the run folder written by 'splitpriv train' (runs/<name>)")
+    parser.add_argument("--observed", help="instead of --run: a record of 'splitpriv serve --record' (observed.pt); "
+                                           "the passive attacks run from it alone (needs --config)")
+    parser.add_argument("--config", help="with --observed: the run config the server and client ran with")
     parser.add_argument("--attacks", nargs="+", type=attack_spec, metavar="NAME[:KEY=VALUE,...]",
                         help="attacks to run (default: decoder_inversion small and large, noise_aware when the "
                              "defense is randomised, optimization_inversion), e.g. decoder_inversion:capacity=medium")
@@ -59,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     from splitpriv.attack_suite import AttackSettings, run_attacks
     from splitpriv.config import from_dict
+    from splitpriv.errors import SplitprivError
     from splitpriv.runs import load_run
     from splitpriv.store import import_plugins
 
@@ -68,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
     given = {"attacks": args.attacks, "proxy": args.proxy, "proxy_size": args.proxy_size, "samples": args.samples,
              "classifier_max_epochs": args.classifier_max_epochs, "seed": args.seed, "accelerator": args.accelerator}
     settings = from_dict(AttackSettings, {k: v for k, v in given.items() if v is not None})
+    if bool(args.run) == bool(args.observed):
+        raise SplitprivError("give one of --run (a run folder) or --observed (a record of 'splitpriv serve --record')")
+    if args.observed:
+        return _attack_observed(args, settings)
     trained = load_run(args.run)
     print(f"attacking {trained.path} (cut {trained.cut_layer} {trained.cut_name}, "
           f"defenses and transforms: {[c.name for c in trained.cut_pipeline] or 'none'})")
@@ -101,3 +109,20 @@ def _log_attack(trained, record: dict) -> None:
     summary = {**frontier_metrics(trained, record), "worst_case": record["worst_case"]}
     log_run(trained.config.wandb, folder / "attack-wandb", f"{folder.name}-attack", "attack", config, summary,
             images={"reconstructions": folder / GRID_FILE})
+
+
+def _attack_observed(args: argparse.Namespace, settings) -> int:
+    from splitpriv.attack_suite import attack_observed
+    from splitpriv.config import load_run_config
+    from splitpriv.errors import SplitprivError
+
+    if not args.config:
+        raise SplitprivError("--observed needs --config: the run config the server and client ran with")
+    record = attack_observed(load_run_config(args.config, {}), args.observed, settings)
+    for label, result in record["attacks"].items():
+        print(f"  {label:32s} mse {result['mse']:.4f}  psnr {result['psnr']:6.2f}  ssim {result['ssim']:.3f}  "
+              f"recognisable {result['recognisable_share']:.2f}")
+    worst = record["worst_case"]["passive"]
+    print(f"worst case, passive  : mse {worst['mse']:.4f} ({worst['mse_attack']}), ssim {worst['ssim']:.3f}")
+    print(f"written {Path(args.observed).parent / 'attack.json'} and reconstructions.png")
+    return 0

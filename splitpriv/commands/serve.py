@@ -18,7 +18,7 @@ def add_transport_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rtt-ms", type=float, default=0.0,
                         help="emulate this round-trip time: half of it is added to each of this party's sends")
     parser.add_argument("--clients", type=int, default=1, help="clients training with the server (the same on every party)")
-    parser.add_argument("--mode", choices=["splitfed", "sequential"], default="splitfed",
+    parser.add_argument("--federation", choices=["splitfed", "sequential"], default="splitfed",
                         help="several clients: splitfed (in parallel, client partitions averaged each epoch) or "
                              "sequential (vanilla split learning: one client at a time, the partition passed on)")
 
@@ -26,7 +26,7 @@ def add_transport_arguments(parser: argparse.ArgumentParser) -> None:
 def federation_from_args(args: argparse.Namespace):
     from splitpriv.parties import Federation
 
-    return Federation(args.clients, args.mode)
+    return Federation(args.clients, args.federation)
 
 
 def shaping_from_args(args: argparse.Namespace):
@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on; 0.0.0.0 for every interface (Gloo traffic is not encrypted)")
     parser.add_argument("--port", type=int, default=29400, help="port of the handshake")
+    parser.add_argument("--record", action="store_true",
+                        help="keep what the server observed (messages, labels, returned gradients, the test pass's "
+                             "messages, its partition) in observed.pt, for 'splitpriv attack --observed'")
     add_transport_arguments(parser)
 
 
@@ -59,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(cfg.out) / f"{cfg.run_name()}-server"
     summary = serve(cfg, args.host, args.port, secret, out, args.timeout,
                     on_listening=lambda address: print(f"serving on {address[0]}:{address[1]}", flush=True),
-                    shaping=shaping, federation=federation)
+                    shaping=shaping, federation=federation, record=args.record)
     print(f"served {summary['steps']} training steps of {summary['clients']} client(s) at cut {summary['cut_layer']} "
-          f"({summary['cut_name']}); the server's state is in {summary['state']}")
+          f"({summary['cut_name']}); the server's state is in {summary['state']}"
+          + (f", what it observed in {summary['observed']}" if summary["observed"] else ""))
     return 0
