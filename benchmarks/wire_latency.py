@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,15 +28,10 @@ from splitpriv.experiment import quiet_lightning
 from splitpriv.latency import transmission_time
 from splitpriv.models import build_model
 from splitpriv.parties import train_client
-from splitpriv.transport import Shaping
+from splitpriv.transport import Shaping, free_port
 
 SECRET = "wire-latency-benchmark-secret-0123"
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def main() -> None:
@@ -67,7 +61,7 @@ def main() -> None:
     errors = []
     for point in model.cut_points(data.info.input_shape):
         cut, name = point.index, point.name
-        port = _free_port()
+        port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "splitpriv.cli", "serve", "--out", out, "--port", str(port), "--model", args.model,
              "--dataset", args.dataset, "--train-size", str(args.train_size), "--epochs", "1", "--batch-size",

@@ -129,12 +129,8 @@ def deployed_target(run, proxy: ProxyData, seed: int, device: torch.device = tor
         return module.send(inputs.to(device), training=False, noisy=False)[1]
 
     def architecture() -> torch.nn.Module:
-        """A fresh client of the same architecture (defenses' adaptations such as GroupNorm included),
-        initialised from the attacker's own seed, not the run's."""
-        info = run.data.info
-        config = dataclasses.replace(run.config, seed=seed + 7919,
-                                     model=dataclasses.replace(run.config.model, cut_layer=run.cut_layer))
-        return build_module(config, info.num_classes, info.in_channels, info.image_size).client.to(device)
+        config = dataclasses.replace(run.config, model=dataclasses.replace(run.config.model, cut_layer=run.cut_layer))
+        return fresh_client(config, run.data.info, seed).to(device)
 
     message_shape = tuple(query(proxy.inputs[:2]).shape[1:])
     deployed = module.active_transforms(training=False)
@@ -144,6 +140,28 @@ def deployed_target(run, proxy: ProxyData, seed: int, device: torch.device = tor
     return AttackTarget(run.data.info.input_shape, message_shape, run.data.normalize, randomized, seed, query,
                         client, deployed_noise(deployed), proxy, architecture, module.server, observed,
                         run.data.info.num_classes, device)
+
+
+def fresh_client(config, info, seed: int) -> torch.nn.Module:
+    """A fresh client of ``config``'s architecture (defenses' adaptations such as GroupNorm included),
+    initialised from the attacker's own ``seed``, not the run's."""
+    attacker = dataclasses.replace(config, seed=seed + 7919)
+    return build_module(attacker, info.num_classes, info.in_channels, info.image_size).client
+
+
+def _evaluate_each(attacks, target: AttackTarget, messages: torch.Tensor, originals: torch.Tensor,
+                   progress: Callable[[str], None] | None) -> list[AttackResult]:
+    """Fit and score every attack in turn, saying how each went."""
+    say = progress or (lambda message: None)
+    results: list[AttackResult] = []
+    for i, attack in enumerate(attacks, 1):
+        say(f"  attack {i}/{len(attacks)} {attack.label} ...")
+        attack.progress = progress
+        results.append(evaluate(attack, target, messages, originals))
+        metrics = results[-1].metrics
+        say(f"  attack {i}/{len(attacks)} {attack.label}: mse {metrics['mse']:.4f} ssim {metrics['ssim']:.3f} "
+            f"({results[-1].fit_time_s:.1f}s)")
+    return results
 
 
 def deployed_noise(transforms: list[MessageTransform]) -> NoiseModel | None:
@@ -168,7 +186,6 @@ def run_attacks(run, settings: AttackSettings | None = None, *, out_dir: str | P
     Attacks compute on ``settings.accelerator`` (default: the run's); scores are computed on the CPU.
     """
     settings = settings or AttackSettings()
-    say = progress or (lambda message: None)
     started = time.perf_counter()
     device = torch_device(settings.accelerator or attack_accelerator(run.config.training.accelerator), "accelerator")
     proxy, proxy_record, same_classes = load_proxy(run.data, run.config.data, settings.proxy, settings.proxy_size, settings.seed)
@@ -182,14 +199,7 @@ def run_attacks(run, settings: AttackSettings | None = None, *, out_dir: str | P
             target.randomized, tuple(settings.decoder_capacities))
         attacks = build_attacks(specs)
         messages = target.query(run.data.normalize(originals))  # what the server observes, once per image
-        results: list[AttackResult] = []
-        for i, attack in enumerate(attacks, 1):
-            say(f"  attack {i}/{len(attacks)} {attack.label} ...")
-            attack.progress = progress
-            results.append(evaluate(attack, target, messages, originals))
-            metrics = results[-1].metrics
-            say(f"  attack {i}/{len(attacks)} {attack.label}: mse {metrics['mse']:.4f} ssim {metrics['ssim']:.3f} "
-                f"({results[-1].fit_time_s:.1f}s)")
+        results = _evaluate_each(attacks, target, messages, originals, progress)
         dcor_count = min(settings.dcor_samples, len(originals))
         dcor = message_dcor(originals[:dcor_count], messages[:dcor_count].cpu())
 
@@ -249,7 +259,6 @@ def attack_observed(cfg, observed: str | Path, settings: AttackSettings | None =
     against the private test images they came from, which the evaluator (not the attacker) rebuilds from
     ``cfg`` in the test loader's order. Writes attack.json and reconstructions.png beside the record."""
     settings = settings or AttackSettings()
-    say = progress or (lambda message: None)
     started = time.perf_counter()
     path = Path(observed)
     record = read_tensors(path, "observation record")
@@ -272,12 +281,8 @@ def attack_observed(cfg, observed: str | Path, settings: AttackSettings | None =
     originals = data.private_test.images[:count].float() / 255
     proxy, proxy_record, _ = load_proxy(data, cfg.data, settings.proxy, settings.proxy_size, settings.seed)
 
-    def architecture() -> torch.nn.Module:
-        return build_module(dataclasses.replace(cfg, seed=settings.seed + 7919), info.num_classes, info.in_channels,
-                            info.image_size).client
-
     target = AttackTarget(info.input_shape, tuple(test_messages.shape[1:]), data.normalize, False, settings.seed,
-                          proxy=proxy, architecture=architecture, server=server,
+                          proxy=proxy, architecture=lambda: fresh_client(cfg, info, settings.seed), server=server,
                           observed=record["train_messages"].float(), num_classes=info.num_classes)
     specs = settings.attacks or [{"name": "surrogate_client", "capacity": settings.decoder_capacities[-1]}]
     attacks = build_attacks(specs)
@@ -287,11 +292,7 @@ def attack_observed(cfg, observed: str | Path, settings: AttackSettings | None =
         raise SplitprivError(f"{', '.join(beyond)} need(s) more than a record grants (query access or the client's "
                              f"weights); from --observed only attacks within the passive grants "
                              f"{sorted(passive.grants)} run, e.g. surrogate_client")
-    results = []
-    for i, attack in enumerate(attacks, 1):
-        say(f"  attack {i}/{len(attacks)} {attack.label} ...")
-        attack.progress = progress
-        results.append(evaluate(attack, target, test_messages[:count], originals))
+    results = _evaluate_each(attacks, target, test_messages[:count], originals, progress)
     per_attack = {r.label: {**r.record, **r.metrics, "fit_time_s": r.fit_time_s} for r in results}
     out = Path(out_dir) if out_dir is not None else path.parent
     attack_record = {

@@ -114,7 +114,8 @@ def _mac(secret: bytes, nonce: str) -> str:
     return hmac.new(secret, nonce.encode(), hashlib.sha256).hexdigest()
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port no process listens on at ``host`` right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
@@ -155,7 +156,7 @@ def accept_client(host: str, port: int, secret: bytes, config_digest: str, timeo
                 if reason:
                     _send_json(connection, {"refused": reason})
                     continue
-                rendezvous = _free_port(host)
+                rendezvous = free_port(host)
                 _send_json(connection, {"rendezvous_port": rendezvous})
                 return hello, rendezvous, connection.getsockname()[0]
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +17,11 @@ from splitpriv.experiment import train
 from splitpriv.runs import load_run
 from splitpriv.parties import SERVER_STATE, train_client
 from splitpriv.store import read_checkpoint
-from splitpriv.transport import Link, Shaping, TransportError, _check_message, accept_client
+from splitpriv.transport import Link, Shaping, TransportError, _check_message, accept_client, free_port
 
 SECRET = "a-test-secret-of-32-characters!!"
 TRAINING = ["--epochs", "2", "--threads", "1", "--seed", "3"]
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _serve(tmp_path: Path, port: int, *flags: str, secret: str = SECRET, timeout: float = 60) -> subprocess.Popen:
@@ -45,7 +39,7 @@ def _finish(server: subprocess.Popen) -> tuple[int, str]:
 
 def test_training_over_an_emulated_link_equals_in_process_training_bit_for_bit(tmp_path):
     """Both parties shape their sends as a 16 Mbit/s link with a 20 ms round trip: slower, the same numbers."""
-    port = _free_port()
+    port = free_port()
     server = _serve(tmp_path, port, "--bandwidth-mbps", "16", "--rtt-ms", "20")
     overrides = {"out": str(tmp_path), "training.progress_bar": False, "training.epochs": 2, "training.num_threads": 1,
                  "seed": 3}
@@ -79,7 +73,7 @@ def test_training_over_an_emulated_link_equals_in_process_training_bit_for_bit(t
 
 
 def test_a_client_without_the_secret_is_refused_before_any_tensor(tmp_path, capsys):
-    port = _free_port()
+    port = free_port()
     server = _serve(tmp_path, port, timeout=8)
     os.environ["SPLITPRIV_SECRET"] = "another-secret-of-32-characters"
     try:
@@ -95,7 +89,7 @@ def test_a_client_without_the_secret_is_refused_before_any_tensor(tmp_path, caps
 
 
 def test_a_client_with_another_config_is_refused(tmp_path, capsys):
-    port = _free_port()
+    port = free_port()
     server = _serve(tmp_path, port, timeout=8)
     os.environ["SPLITPRIV_SECRET"] = SECRET
     try:
@@ -113,7 +107,7 @@ def test_missing_or_short_secret_and_absent_server_are_one_message_each(tmp_path
     assert main(["serve", "--out", str(tmp_path)]) == 2
     assert "shared secret of at least 16 characters" in capsys.readouterr().err
     monkeypatch.setenv("SPLITPRIV_SECRET", SECRET)
-    assert main(["client", "--out", str(tmp_path), "--server", f"127.0.0.1:{_free_port()}", "--timeout", "1",
+    assert main(["client", "--out", str(tmp_path), "--server", f"127.0.0.1:{free_port()}", "--timeout", "1",
                  "--no-progress"]) == 2
     assert "cannot reach the server" in capsys.readouterr().err
     assert main(["client", "--out", str(tmp_path), "--server", "no-port-here:x"]) == 2
@@ -134,7 +128,7 @@ def test_the_server_refuses_an_unexpected_message(operation, step, dtype, shape,
 @pytest.mark.parametrize("then", ["time.sleep(30)", "os._exit(0)"], ids=["stalls", "vanishes"])
 def test_a_peer_that_stalls_or_vanishes_is_an_error_within_the_timeout(then):
     """A client joins the link, then sends nothing or dies: the server's wait ends with a message."""
-    port = _free_port()
+    port = free_port()
     client = f"""
 import os, time
 from splitpriv.transport import Link, join_server
@@ -169,7 +163,7 @@ def test_two_clients_train_digits_with_one_server(tmp_path, mode):
     Sequential: the partition passes from client to client; the last one to train holds the model."""
     import json
 
-    port = _free_port()
+    port = free_port()
     server = _serve(tmp_path, port, "--clients", "2", "--federation", mode, "--epochs", "4")
     clients = [_client_process(tmp_path, port, index, mode, "4") for index in (0, 1)]
     for process in clients:
@@ -254,7 +248,7 @@ def test_the_passive_attack_runs_from_the_servers_record_alone(tmp_path, capsys)
 
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump({"seed": 3, "training": {"epochs": 2, "num_threads": 1, "progress_bar": False}}))
-    port = _free_port()
+    port = free_port()
     server = _serve(tmp_path, port, "--config", str(config), "--record")
     overrides = {"out": str(tmp_path), "name": "recorded"}
     train_client(load_run_config(str(config), overrides), f"127.0.0.1:{port}", SECRET.encode(), 60)
