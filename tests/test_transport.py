@@ -264,7 +264,7 @@ def test_the_passive_attack_runs_from_the_servers_record_alone(tmp_path, capsys)
     result = json.loads((observed.parent / "attack.json").read_text())
     passive = result["worst_case"]["passive"]
     assert passive["mse_attack"] == "surrogate_client/small"
-    # the attacker's prior, the mean image, scores the pixel variance (0.073 here); 0.045 was measured
+    # the attacker's prior: the mean image, whose MSE is the pixel variance
     images = remote_test_images(config)[:64]
     prior = float(((images - images.mean(0)) ** 2).mean())
     assert passive["mse"] < 0.8 * prior
