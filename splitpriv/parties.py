@@ -9,6 +9,7 @@ by :func:`~splitpriv.transport.serve_steps` in the server's process.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import threading
@@ -19,15 +20,16 @@ import torch
 
 from splitpriv.config import RunConfig
 from splitpriv.data import SplitData, make_splits
-from splitpriv.errors import ConfigError, SplitprivError
+from splitpriv.errors import ConfigError, RunStateError, SplitprivError
 from splitpriv.experiment import train
 from splitpriv.runs import Run, build_module
-from splitpriv.training import SplitLearningModule, make_optimizer
-from splitpriv.transport import (MODES, TURN_WAIT_FACTOR, Link, ObservationRecord, RemoteServer, Rounds, Shaping,
-                                 TransportError,
+from splitpriv.store import CHECKPOINT, read_checkpoint, read_tensors
+from splitpriv.training import REMOTE_STEP, SplitLearningModule, make_optimizer
+from splitpriv.transport import (MODES, TURN_WAIT_FACTOR, Link, ObservationRecord, PeerLost, RemoteServer, Rounds,
+                                 Shaping, TransportError,
                                  accept_client, config_digest, flat_size, join_server, parse_address, serve_steps)
 
-SERVER_STATE, OBSERVED = "server.ckpt", "observed.pt"
+SERVER_STATE, PREVIOUS_STATE, OBSERVED = "server.ckpt", "server.previous.ckpt", "observed.pt"
 
 
 @dataclass(frozen=True)
@@ -63,26 +65,84 @@ def _check_supported(cfg: RunConfig) -> None:
                           "are not supported yet; train them with 'splitpriv train')")
 
 
+class ServerStates:
+    """The server partition and its optimizer as they were after the client's last round ends, for a
+    client that rejoins from its checkpoint. The last ``keep`` are held in memory: two, because a client
+    killed after the server saved a round's end but before its own checkpoint of it resumes from the
+    round before. The latest two are also on disk, for a serve process that is killed: the latest in
+    ``path``, the one before in ``server.previous.ckpt`` beside it, each replaced atomically."""
+
+    def __init__(self, server: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Path, keep: int = 2):
+        self.server, self.optimizer, self.path, self.keep = server, optimizer, path, keep
+        self.states: dict[int, dict] = {}
+
+    def save(self, step: int) -> None:
+        state = copy.deepcopy({"server": self.server.state_dict(), "optimizer": self.optimizer.state_dict(), "step": step})
+        self.states[step] = state
+        for old in sorted(self.states)[:-self.keep]:
+            del self.states[old]
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        torch.save(state, temporary)
+        if self.path.exists():
+            os.replace(self.path, self.path.with_name(PREVIOUS_STATE))
+        os.replace(temporary, self.path)
+
+    def restore(self, step: int) -> None:
+        # copies: the optimizer would otherwise update the held state's tensors in place
+        state = copy.deepcopy(self.states[step])
+        try:
+            self.server.load_state_dict(state["server"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise RunStateError(f"the server's state at step {step} ({self.path}) does not fit this config's server "
+                                f"partition ({' '.join(str(error).split())[:200]}); serve with the config it was "
+                                f"saved with") from None
+
+    def hold(self, states: dict[int, dict]) -> None:
+        """Hold ``states`` (by step, read from a killed serve process's folder) instead of the current one."""
+        self.states = dict(states)
+
+    def refusal(self, step) -> str | None:
+        """Why a client that resumes after training step ``step`` cannot rejoin, or None."""
+        if step in self.states:
+            return None
+        return (f"the client resumes after training step {step!r}, but this server holds its state after steps "
+                f"{sorted(self.states)} only; resume the client from a checkpoint at one of them, or start both "
+                f"afresh (the client with --force)")
+
+
 def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, timeout_s: float = 120.0,
           on_listening=None, shaping: Shaping | None = None, federation: Federation = Federation(),
-          record: bool = False) -> dict:
+          record: bool = False, resume: bool = False) -> dict:
     """Serve the clients' training run: wait for ``federation.clients`` clients, then answer their steps
     (one thread per client, the server's computation one step at a time) until each ends the run.
-    Writes ``<out>/server.ckpt`` (the server partition and its optimizer) at every round's end, and with
+    Writes ``<out>/server.ckpt`` (the server partition and its optimizer) at every round's end. One
+    client that vanishes or stalls may rejoin within ``timeout_s`` from its last checkpoint
+    (``splitpriv client --resume``): the server goes back to its state at that step. With
     ``record`` ``<out>/observed.pt`` (:class:`~splitpriv.transport.ObservationRecord`, one client only).
-    ``shaping`` emulates the link on the server's sends. Returns a summary (steps, where the state is)."""
+    ``resume``: start from ``<out>/server.ckpt`` of a serve process that was killed, for a client that
+    resumes at the same step. ``shaping`` emulates the link on the server's sends. Returns a summary (steps, where the state is)."""
     _check_supported(cfg)
     if record and federation.clients > 1:
         raise ConfigError("--record", True, "one client only (a record holds one client's messages)")
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
     digest = config_digest(agreed_settings(cfg, federation))
+    folder = Path(out)
+    saved = _saved_states(folder, federation) if resume else {}
+    start_steps = sorted(saved) or [0]
     joined: dict[int, tuple[Link, dict]] = {}
 
     def validate(hello: dict) -> str | None:
         index = hello.get("client_index")
         if not isinstance(index, int) or not 0 <= index < federation.clients:
             return f"client index {index!r} is outside 0..{federation.clients - 1}"
+        step = hello.get("resume_step", 0)
+        if step not in start_steps:
+            return (f"the client starts after training step {step!r}, this server after step "
+                    f"{' or '.join(map(str, start_steps))} ({'its saved states' if saved else 'a fresh start'}); start "
+                    f"both afresh (the client with --force), or resume both (serve --resume holds the server's last "
+                    f"two epoch ends)")
         return f"a client with index {index} has joined already" if index in joined else None
 
     while len(joined) < federation.clients:
@@ -98,25 +158,48 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
     message_shape = tuple(module.client.eval()(torch.zeros(1, in_channels, image_size, image_size)).shape[1:])
     server = module.server
     optimizer = make_optimizer(server.parameters(), cfg.training.server_optimizer)
-    folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    state_path = folder / SERVER_STATE
-
-    def save() -> None:
-        temporary = state_path.with_name(f".{SERVER_STATE}.tmp")
-        torch.save({"server": server.state_dict(), "optimizer": optimizer.state_dict()}, temporary)
-        os.replace(temporary, state_path)
-
-    rounds = Rounds(federation.clients, federation.mode, module.client, save, timeout_s * TURN_WAIT_FACTOR)
+    states = ServerStates(server, optimizer, folder / SERVER_STATE)
+    if saved:
+        states.hold(saved)
+        states.restore(joined[0][1].get("resume_step", 0))
+    else:
+        states.save(0)
+    rounds = Rounds(federation.clients, federation.mode, module.client, states.save, timeout_s * TURN_WAIT_FACTOR)
     observation = ObservationRecord() if record else None
     steps: dict[int, int] = {}
     errors: list[BaseException] = []
 
-    def serve_one(index: int, link: Link) -> None:
+    def rejoined(lost: PeerLost) -> tuple[Link, int]:
+        """One client vanished or stalled: wait for it to rejoin from its last checkpoint."""
+        print(f"the client was lost ({lost}); waiting {timeout_s:.0f} s for it to rejoin from its last checkpoint "
+              f"('splitpriv client ... --resume')", flush=True)
         try:
-            steps[index] = serve_steps(link, server, optimizer, message_shape, num_classes,
-                                       max(cfg.training.batch_size, 1024), rounds, index, flat_size(module.client),
-                                       observation)
+            hello, rendezvous, address = accept_client(host, port, secret, digest, timeout_s, None,
+                                                       lambda hello: states.refusal(hello.get("resume_step", 0)))
+        except TransportError as error:
+            raise TransportError(f"the client was lost and did not rejoin: {error}") from None
+        step = hello.get("resume_step", 0)
+        states.restore(step)
+        if observation:
+            observation.rewind()
+        print(f"the client rejoined after training step {step}; the server's state is restored to that step", flush=True)
+        return Link.connect(0, host, rendezvous, address, timeout_s, shaping), step
+
+    def serve_one(index: int, link: Link) -> None:
+        first_step = joined[index][1].get("resume_step", 0)
+        try:
+            while True:
+                try:
+                    steps[index] = serve_steps(link, server, optimizer, message_shape, num_classes,
+                                               max(cfg.training.batch_size, 1024), rounds, index,
+                                               flat_size(module.client), observation, first_step)
+                    return
+                except PeerLost as lost:
+                    if federation.clients > 1:  # the others' steps are interleaved in the server's state
+                        raise
+                    link.close()
+                    link, first_step = rejoined(lost)
         except Exception as error:  # noqa: BLE001 - reported below, after the other clients' threads end
             errors.append(error)
             rounds.fail(f"client {index}: {error}")
@@ -128,10 +211,10 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
         thread.join()
     if errors:
         raise errors[0] if isinstance(errors[0], SplitprivError) else TransportError(str(errors[0]))
-    save()
+    states.save(sum(steps.values()))
     if observation:
         observation.save(folder / OBSERVED, server)
-    return {"steps": sum(steps.values()), "state": str(state_path), "cut_layer": module.cut_layer,
+    return {"steps": sum(steps.values()), "state": str(states.path), "cut_layer": module.cut_layer,
             "cut_name": module.cut_name, "clients": federation.clients,
             "observed": str(folder / OBSERVED) if observation else None}
 
@@ -143,21 +226,56 @@ def train_client(cfg: RunConfig, server_address: str, secret: bytes, timeout_s: 
     emulates the link on the client's sends. With several clients this one trains on its shard of the
     private training set (:func:`client_shard`)."""
     _check_supported(cfg)
-    if train_options.get("resume"):
-        raise SplitprivError("--resume with a remote server is not supported yet: the server's state would have "
-                             "to resume at the same step; start the run afresh (--force)")
     if not 0 <= client_index < federation.clients:
         raise ConfigError("--client-index", client_index, f"0..{federation.clients - 1} (one of --clients)")
+    resume_step = _checkpointed_step(cfg, federation) if train_options.get("resume") else 0
     host, port = parse_address(server_address)
+    if cfg.training.num_threads:  # before the data: its normalisation's sums depend on the threads too
+        torch.set_num_threads(cfg.training.num_threads)
     data = train_options.pop("data", None) or make_splits(cfg.data, cfg.seed)
     if federation.clients > 1:
         data = client_shard(data, client_index, federation.clients)
 
     def connect(module: SplitLearningModule, data: SplitData) -> RemoteServer:
         hello = {"config_digest": config_digest(agreed_settings(cfg, federation)), "dataset_info": asdict(data.info),
-                 "client_index": client_index}
+                 "client_index": client_index, "resume_step": resume_step}
         rendezvous, own_address = join_server(host, port, secret, hello, timeout_s)
         link = Link.connect(1, host, rendezvous, own_address, timeout_s, shaping)
-        return RemoteServer(link, data.info.num_classes, federation.clients, federation.mode, len(data.private_train))
+        return RemoteServer(link, data.info.num_classes, federation.clients, federation.mode, len(data.private_train),
+                            resume_step)
 
     return train(cfg, remote_server=connect, data=data, **train_options)
+
+
+def _saved_states(folder: Path, federation: Federation) -> dict[int, dict]:
+    """A killed serve process's last two states by step, read without running any code in the files."""
+    if federation.clients > 1:
+        raise SplitprivError("serve --resume with several clients is not supported yet: a client rejoins only "
+                             "with one client")
+    if not (folder / SERVER_STATE).is_file():
+        raise SplitprivError(f"cannot resume: no server state at {folder / SERVER_STATE}; serve with the same --out "
+                             f"and --name as the serve process that was killed")
+    states = {}
+    for path in (folder / PREVIOUS_STATE, folder / SERVER_STATE):
+        if path.is_file():
+            state = read_tensors(path, "server state")
+            if not (isinstance(state, dict) and isinstance(state.get("step"), int) and {"server", "optimizer"} <= set(state)):
+                raise RunStateError(f"server state {path} was not written by 'splitpriv serve' (it has no step, server "
+                                    f"or optimizer)")
+            states[state["step"]] = state
+    return states
+
+
+def _checkpointed_step(cfg: RunConfig, federation: Federation) -> int:
+    """The last training step of the client's checkpoint, where the server must resume with it."""
+    if federation.clients > 1:
+        raise SplitprivError("--resume with several clients is not supported yet: the server's state mixes every "
+                             "client's steps; with one client a killed client rejoins with --resume")
+    path = Path(cfg.out) / cfg.run_name() / CHECKPOINT
+    if not path.is_file():
+        raise SplitprivError(f"cannot resume: no checkpoint at {path} (no epoch had finished); start the client "
+                             f"afresh with --force")
+    step = read_checkpoint(path).get(REMOTE_STEP)
+    if not isinstance(step, int):
+        raise SplitprivError(f"cannot resume {path} against a server: it was not written by 'splitpriv client'")
+    return step

@@ -34,6 +34,8 @@ from splitpriv.exits import ExitWeights, run_blocks
 from splitpriv.models import SplitModel
 from splitpriv.transport import RemoteServer
 
+REMOTE_STEP = "remote_server_step"  # in a client's checkpoint: its last training step served remotely
+
 
 def make_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
@@ -217,6 +219,10 @@ class SplitLearningModule(L.LightningModule):
         self._train_loss_sum = self._train_loss_sum + loss.detach() * len(y)
         self._train_count += len(y)
         self.accuracy["train_acc"].update(logits.detach(), y)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.remote:  # where the server must resume when this client rejoins from the checkpoint
+            checkpoint[REMOTE_STEP] = self.server.step
 
     def on_train_epoch_start(self) -> None:
         if self.remote:  # sequential split learning: this client's turn, from the previous client's partition

@@ -55,6 +55,10 @@ class TransportError(SplitprivError):
     """The other party refused, vanished, stalled or sent something unexpected; the message says which."""
 
 
+class PeerLost(TransportError):
+    """The other party vanished or stalled (as opposed to sending something wrong): a client may rejoin."""
+
+
 def read_secret(secret_file: str | None) -> bytes:
     """The shared secret: the first line of ``secret_file``, else ``$SPLITPRIV_SECRET``."""
     if secret_file:
@@ -252,7 +256,7 @@ class Link:
             work.wait(datetime.timedelta(seconds=timeout_s))
         except (RuntimeError, dist.DistBackendError) as error:
             party = "server" if self.peer == 0 else "client"
-            raise TransportError(f"{doing} the {party} failed: it vanished or stalled for more than "
+            raise PeerLost(f"{doing} the {party} failed: it vanished or stalled for more than "
                                  f"{timeout_s:.0f} s ({' '.join(str(error).split())[:160]})") from None
 
     # ------------------------------------------------------------------ framed requests
@@ -274,7 +278,7 @@ class Link:
         return operation, step, DTYPES[code], tuple(header[4:4 + ndim])
 
     def close(self) -> None:
-        del self.group
+        del self.group, self.store
 
 
 # ----------------------------------------------------------------------------- the client's view of the server
@@ -285,9 +289,10 @@ class RemoteServer(nn.Module):
     ``train_step(message, labels)`` runs the server's half of the split step there and returns
     (loss, logits, the gradient w.r.t. the message). It holds no weights."""
 
-    def __init__(self, link: Link, num_classes: int, clients: int = 1, mode: str = "splitfed", samples: int = 0):
+    def __init__(self, link: Link, num_classes: int, clients: int = 1, mode: str = "splitfed", samples: int = 0,
+                 step: int = 0):
         super().__init__()
-        self.link, self.num_classes, self.step = link, num_classes, 0
+        self.link, self.num_classes, self.step = link, num_classes, step  # step: the last one taken (a resume's)
         self.clients, self.mode, self.samples = clients, mode, samples
         self.wire, self.wire_in_all = WireMeter(), WireMeter()  # this epoch's steps, and every step
 
@@ -388,9 +393,10 @@ def load_flat_state(module: nn.Module, flat: torch.Tensor) -> None:
 class Rounds:
     """What the server does at the clients' round boundaries, shared by its clients' threads.
 
-    One client: save the server's state. Several, ``splitfed`` (Thapa et al. 2022): each client's
-    partition after its round, w_k with n_k training samples, is averaged, w = Σ_k n_k w_k / Σ_k n_k
-    (FedAvg), and every client continues from w. Several, ``sequential`` (vanilla split learning,
+    At every round's end the server's state is saved (``save(step)``, step: the ending client's last
+    training step). One client: nothing more. Several, ``splitfed`` (Thapa et al. 2022): each
+    client's partition after its round, w_k with n_k training samples, is averaged,
+    w = Σ_k n_k w_k / Σ_k n_k (FedAvg), and every client continues from w. Several, ``sequential`` (vanilla split learning,
     Gupta & Raskar 2018): one client trains at a time, in index order, starting from the partition the
     previous one left. Either way the partitions pass through the serve process: the server party
     sees the clients' weights (a white-box grant), unlike with one client.
@@ -418,11 +424,11 @@ class Rounds:
     def end(self, link: Link, index: int, weights: torch.Tensor | None, samples: float, steps: int) -> None:
         with self.lock:
             if self.clients == 1:
-                self.save()
+                self.save(steps)
                 reply = torch.tensor(steps)
             elif self.mode == "sequential":
                 self.weights, self.turn = weights, (index + 1) % self.clients
-                self.save()
+                self.save(steps)
                 self.lock.notify_all()
                 reply = torch.tensor(steps)
             else:
@@ -432,7 +438,7 @@ class Rounds:
                     total = sum(n for _, n in self.pending.values())
                     self.weights = sum(w * (n / total) for w, n in self.pending.values())
                     self.pending, self.round = {}, self.round + 1
-                    self.save()
+                    self.save(steps)
                     self.lock.notify_all()
                 self._wait_until(lambda: self.round > this_round)
                 reply = self.weights
@@ -465,6 +471,10 @@ class ObservationRecord:
     def epoch_end(self) -> None:
         self.kept, self.epoch, self.evaluated = self.epoch, [], []  # evaluations so far were validation passes
 
+    def rewind(self) -> None:
+        """The client rejoined from its last checkpoint: the epoch in progress will be sent again."""
+        self.epoch, self.evaluated = [], []
+
     def save(self, path: Path, server: nn.Module) -> None:
         kept = self.kept or self.epoch
         if not kept or not self.evaluated:
@@ -480,15 +490,16 @@ class ObservationRecord:
 
 def serve_steps(link: Link, server: nn.Module, optimizer: torch.optim.Optimizer, message_shape: tuple[int, ...],
                 num_classes: int, max_batch: int, rounds: Rounds, index: int = 0, state_size: int = 0,
-                record: ObservationRecord | None = None) -> int:
-    """Answer one client's requests until it ends the run; returns the training steps taken.
+                record: ObservationRecord | None = None, first_step: int = 0) -> int:
+    """Answer one client's requests until it ends the run; returns the number of its last training step
+    (``first_step``: the last one taken before, when the client resumed from a checkpoint).
 
     One training step is the server's half of :meth:`SplitLearningModule.training_step`, the same
     operations in the same order: ``loss = CE(server(message), y)``, backward, step, and the
     gradient w.r.t. the message goes back. Round boundaries go to ``rounds`` (``state_size``: the
     client partition's flat size, which several clients send there); ``record`` keeps what was observed.
     """
-    expected_step = 0
+    expected_step = first_step
     while True:
         operation, step, dtype, shape = link.receive_header()
         if operation == END:

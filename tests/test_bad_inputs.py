@@ -391,7 +391,27 @@ CASES = [
     Case("client negative round trip", lambda tmp, r, s: ["client", "--out", str(tmp), "--rtt-ms", "-5"], "--rtt-ms"),
     Case("client secret file missing", lambda tmp, r, s: ["client", "--out", str(tmp), "--secret-file", str(tmp / "none")],
          "cannot read the secret file"),
+    Case("client resume without a checkpoint", lambda tmp, r, s: ["client", "--out", str(tmp), "--resume", "--secret-file",
+                                                                  str(_secret_file(tmp))], "no checkpoint at"),
+    Case("client resume of a local run", lambda tmp, r, s: ["client", "--out", str(r.parent), "--name", r.name, "--resume",
+                                                            "--secret-file", str(_secret_file(tmp)), *FAST_TRAIN],
+         "not written by 'splitpriv client'"),
+    Case("serve resume without a state", lambda tmp, r, s: ["serve", "--out", str(tmp), "--resume", "--secret-file",
+                                                            str(_secret_file(tmp))], "no server state at"),
+    Case("serve resume of a damaged state", lambda tmp, r, s: ["serve", "--out", str(tmp), "--name", "x", "--resume",
+                                                               "--secret-file", str(_secret_file(tmp, "x-server"))],
+         "cannot be read"),
 ]
+
+
+def _secret_file(tmp: Path, damaged_state: str | None = None) -> Path:
+    """A shared secret in a file (and, for ``damaged_state``, a truncated server state in that folder)."""
+    if damaged_state:
+        (tmp / damaged_state).mkdir()
+        (tmp / damaged_state / "server.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    path = tmp / "secret"
+    path.write_text("a-test-secret-of-32-characters!!\n")
+    return path
 
 
 def _bytes(path: Path, data: bytes) -> Path:

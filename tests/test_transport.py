@@ -1,6 +1,7 @@
 """Client and server as separate processes (``splitpriv serve`` / ``splitpriv client``) over Gloo on loopback."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,8 @@ from splitpriv.config import load_run_config
 from splitpriv.errors import SplitprivError
 from splitpriv.experiment import train
 from splitpriv.runs import load_run
-from splitpriv.parties import SERVER_STATE, train_client
+from conftest import wait_for
+from splitpriv.parties import PREVIOUS_STATE, SERVER_STATE, ServerStates, train_client
 from splitpriv.store import read_checkpoint
 from splitpriv.transport import Link, Shaping, TransportError, _check_message, accept_client, free_port
 
@@ -70,6 +72,100 @@ def test_training_over_an_emulated_link_equals_in_process_training_bit_for_bit(t
     # the emulated link costs at least what the latency model charges a training step's crossing
     bytes_per_step = remote.metrics["wire_forward_bytes_per_step"] + remote.metrics["wire_backward_bytes_per_step"]
     assert remote.metrics["wire_time_s_per_step"] >= link.rtt_s + bytes_per_step / link.bandwidth_bytes_per_s
+
+
+def _checkpoint_epoch(path: Path) -> int:
+    try:
+        return int(torch.load(path, weights_only=True)["epoch"])
+    except Exception:  # not there yet, or being replaced
+        return -1
+
+
+def test_a_killed_client_rejoins_and_a_killed_server_resumes_as_if_never_interrupted(tmp_path):
+    """SIGKILL the client after its first epoch and start it again with --resume: the serve process goes
+    back to its state at that checkpoint's step. Then SIGKILL the serve process after the next epoch
+    and start both again with --resume. Both parties end bit for bit where an uninterrupted
+    ``splitpriv train`` ends: no step lost, none applied twice."""
+    port = free_port()
+    environment = {**os.environ, "SPLITPRIV_SECRET": SECRET, "WANDB_MODE": "disabled"}
+    # the emulated 60 ms round trip slows each step, so that the kills land before the last epoch
+    client = [sys.executable, "-m", "splitpriv.cli", "client", "--out", str(tmp_path), "--name", "remote", "--server",
+              f"127.0.0.1:{port}", "--no-progress", *TRAINING, "--epochs", "4", "--rtt-ms", "60"]
+    checkpoint = tmp_path / "remote" / "checkpoints" / "last.ckpt"
+
+    def start_client(*flags: str) -> subprocess.Popen:
+        return subprocess.Popen([*client, *flags], env=environment, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+
+    def kill_after_epoch(process: subprocess.Popen, watched: subprocess.Popen, epoch: int) -> None:
+        wait_for(lambda: _checkpoint_epoch(checkpoint) >= epoch or watched.poll() is not None)
+        process.kill()
+        process.wait()
+        assert not (tmp_path / "remote" / "metrics.json").exists(), "the client finished before the kill"
+
+    server = _serve(tmp_path, port, "--epochs", "4")
+    first = start_client()
+    kill_after_epoch(first, first, 0)
+    second = start_client("--resume")
+    kill_after_epoch(server, second, 1)
+    _, errors = second.communicate(timeout=120)
+    assert second.returncode == 2 and "vanished or stalled" in errors and "Traceback" not in errors, errors[-2000:]
+    code, output = _finish(server)
+    assert "the client rejoined after training step" in output
+    assert _checkpoint_epoch(checkpoint) < 3
+
+    server = _serve(tmp_path, port, "--epochs", "4", "--resume")
+    third = start_client("--resume")
+    _, errors = third.communicate(timeout=300)
+    assert third.returncode == 0, errors[-2000:]
+    code, output = _finish(server)
+    assert code == 0, output
+
+    # the same run as one process
+    subprocess.run([sys.executable, "-m", "splitpriv.cli", "train", "--out", str(tmp_path), "--name", "local",
+                    "--no-progress", *TRAINING, "--epochs", "4"], env=environment, check=True, capture_output=True)
+    local_state = read_checkpoint(tmp_path / "local" / "checkpoints" / "last.ckpt")["state_dict"]
+    metrics = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("remote", "local")]
+    assert metrics[0]["test_loss"] == metrics[1]["test_loss"] and metrics[0]["epochs"] == 4
+    server_state = torch.load(next(tmp_path.glob(f"*-server/{SERVER_STATE}")), weights_only=True)["server"]
+    for key, value in read_checkpoint(checkpoint)["state_dict"].items():
+        assert torch.equal(value, local_state[key]), key
+    for key, value in server_state.items():
+        assert torch.equal(value, local_state[f"server.{key}"]), key
+    assert int(output.split("served ")[1].split()[0]) == -(-_shard_sizes(1)[0] // 64) * 4  # each step once
+
+
+def test_server_states_hold_the_last_two_round_ends_and_restore_them_untouched(tmp_path):
+    """Restoring a state, then training on, leaves the held state as it was: a second rejoin at the same
+    step starts from the same numbers. Older states are dropped and a rejoin there is refused by name."""
+    torch.manual_seed(0)
+    server = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(server.parameters(), lr=0.1)
+    path = tmp_path / SERVER_STATE
+
+    def train_steps(count: int) -> None:
+        for _ in range(count):
+            optimizer.zero_grad()
+            server(torch.randn(4, 3)).square().sum().backward()
+            optimizer.step()
+
+    states = ServerStates(server, optimizer, path)
+    for step in (0, 5, 10):
+        train_steps(5 if step else 0)
+        states.save(step)
+    after_ten = [p.detach().clone() for p in server.parameters()]
+    train_steps(3)
+    outcomes = []
+    for _ in range(2):
+        states.restore(10)
+        assert all(torch.equal(p, q) for p, q in zip(server.parameters(), after_ten))
+        torch.manual_seed(1)
+        train_steps(3)
+        outcomes.append([p.detach().clone() for p in server.parameters()])
+    assert all(torch.equal(p, q) for p, q in zip(*outcomes))
+    assert states.refusal(5) is None and states.refusal(10) is None
+    assert "after steps [5, 10] only" in states.refusal(0)
+    assert [torch.load(tmp_path / name, weights_only=True)["step"] for name in (PREVIOUS_STATE, SERVER_STATE)] == [5, 10]
 
 
 def test_a_client_without_the_secret_is_refused_before_any_tensor(tmp_path, capsys):
@@ -161,8 +257,6 @@ def _client_process(tmp_path: Path, port: int, index: int, mode: str, epochs: st
 def test_two_clients_train_digits_with_one_server(tmp_path, mode):
     """SplitFed: both clients end with the same averaged partition, so they test identically.
     Sequential: the partition passes from client to client; the last one to train holds the model."""
-    import json
-
     port = free_port()
     server = _serve(tmp_path, port, "--clients", "2", "--federation", mode, "--epochs", "4")
     clients = [_client_process(tmp_path, port, index, mode, "4") for index in (0, 1)]
@@ -205,7 +299,7 @@ def test_splitfed_rounds_average_the_partitions_weighted_by_shard_size():
 
     from splitpriv.transport import Rounds
 
-    rounds = Rounds(2, "splitfed", torch.nn.Linear(2, 1), save=lambda: None, wait_s=20)
+    rounds = Rounds(2, "splitfed", torch.nn.Linear(2, 1), save=lambda step: None, wait_s=20)
     links = [_Recorder(), _Recorder()]
     weights = [torch.full((3,), 1.0, dtype=torch.float64), torch.full((3,), 5.0, dtype=torch.float64)]
     threads = [threading.Thread(target=rounds.end, args=(links[i], i, weights[i], [1.0, 3.0][i], 10)) for i in (0, 1)]
@@ -224,7 +318,7 @@ def test_sequential_rounds_give_each_client_its_turn_with_the_partition_the_prev
     from splitpriv.transport import Rounds
 
     initial = torch.nn.Linear(2, 1)
-    rounds = Rounds(2, "sequential", initial, save=lambda: None, wait_s=20)
+    rounds = Rounds(2, "sequential", initial, save=lambda step: None, wait_s=20)
     order, links = [], [_Recorder(), _Recorder()]
     second = threading.Thread(target=lambda: (rounds.start(links[1], 1), order.append(1)))
     second.start()  # client 1 asks first, but must wait for client 0's round
@@ -242,8 +336,6 @@ def test_sequential_rounds_give_each_client_its_turn_with_the_partition_the_prev
 def test_the_passive_attack_runs_from_the_servers_record_alone(tmp_path, capsys):
     """serve --record keeps what the server saw; attack --observed reconstructs the client's test images
     from it with the surrogate-client attack, and refuses attacks that need more than the record grants."""
-    import json
-
     import yaml
 
     config = tmp_path / "run.yaml"

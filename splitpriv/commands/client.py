@@ -12,6 +12,8 @@ HELP = "train as the client party against 'splitpriv serve' (same config; the ru
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_training_arguments(parser)
+    parser.add_argument("--resume", action="store_true",
+                        help="rejoin the server from the run folder's last checkpoint (one client; the same serve process)")
     parser.add_argument("--server", default="127.0.0.1:29400", help="HOST:PORT of 'splitpriv serve'")
     parser.add_argument("--client-index", type=int, default=0,
                         help="this client's index among --clients (0..N-1): it trains on every N-th private image from it")
@@ -27,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     parse_address(args.server)
     shaping, federation = shaping_from_args(args), federation_from_args(args)
     run = train_client(cfg, args.server, read_secret(args.secret_file), args.timeout, shaping, federation,
-                       args.client_index, force=args.force)
+                       args.client_index, force=args.force, resume=args.resume)
     print(f"run written to {run.path} (the client's state; the server keeps its own)")
     print(json.dumps(run.metrics, indent=2))
     return 0

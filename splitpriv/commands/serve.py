@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--record", action="store_true",
                         help="keep what the server observed (messages, labels, returned gradients, the test pass's "
                              "messages, its partition) in observed.pt, for 'splitpriv attack --observed'")
+    parser.add_argument("--resume", action="store_true",
+                        help="start from the server state a killed serve process left in its folder, for a client "
+                             "that resumes at the same step (one client)")
     add_transport_arguments(parser)
 
 
@@ -62,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(cfg.out) / f"{cfg.run_name()}-server"
     summary = serve(cfg, args.host, args.port, secret, out, args.timeout,
                     on_listening=lambda address: print(f"serving on {address[0]}:{address[1]}", flush=True),
-                    shaping=shaping, federation=federation, record=args.record)
+                    shaping=shaping, federation=federation, record=args.record,
+                    resume=args.resume)
     print(f"served {summary['steps']} training steps of {summary['clients']} client(s) at cut {summary['cut_layer']} "
           f"({summary['cut_name']}); the server's state is in {summary['state']}"
           + (f", what it observed in {summary['observed']}" if summary["observed"] else ""))
