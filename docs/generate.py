@@ -142,11 +142,15 @@ PAGES = {
         commands=["python benchmarks/sweep_projection.py --config experiments/cifar10_vgg11_sweep.yaml "
                   "--data-root {data_root} --train-size 512 --proxy-size 500"], cheap=False),
     "wire-latency": Page(
-        "The latency model's transmission term against the wire",
+        "The latency model against the wire: transmission term and whole training step",
         "`splitpriv serve` and `splitpriv client` on loopback, both emulating a 50 Mbit/s link with a 40 ms round "
-        "trip, one short training per cut of small_cnn on digits: the model's T^T of one training step's crossing "
-        "against the wire time measured (round trip minus the server's compute).",
-        commands=["python benchmarks/wire_latency.py --train-size 256"], cheap=False),
+        "trip, one thread each, one short training per cut of small_cnn on digits and of VGG-11 on CIFAR-10: the "
+        "model's T^T of one training step's crossing against the wire time measured (round trip minus the server's "
+        "compute), and `splitpriv plan`'s training latency per cut (with mu measured on this machine) against the "
+        "measured step.",
+        commands=["python benchmarks/wire_latency.py --train-size 256",
+                  "python benchmarks/wire_latency.py --model vgg11 --dataset cifar10 --data-root {data_root} "
+                  "--train-size 256 --batch-size 32"], cheap=False),
     "defense-overhead": Page(
         "Defense overhead",
         "Training-step time of each defense relative to no defense on digits.",

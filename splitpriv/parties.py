@@ -119,12 +119,11 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
     Writes ``<out>/server.ckpt`` (the server partition and its optimizer) at every round's end. One
     client that vanishes or stalls may rejoin within ``timeout_s`` from its last checkpoint
     (``splitpriv client --resume``): the server goes back to its state at that step. With
-    ``record`` ``<out>/observed.pt`` (:class:`~splitpriv.transport.ObservationRecord`, one client only).
+    ``record`` what the server observed of each client (:class:`~splitpriv.transport.ObservationRecord`):
+    ``<out>/observed.pt`` with one client, ``<out>/observed-client<k>.pt`` for client k of several.
     ``resume``: start from ``<out>/server.ckpt`` of a serve process that was killed, for a client that
     resumes at the same step. ``shaping`` emulates the link on the server's sends. Returns a summary (steps, where the state is)."""
     _check_supported(cfg)
-    if record and federation.clients > 1:
-        raise ConfigError("--record", True, "one client only (a record holds one client's messages)")
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
     digest = config_digest(agreed_settings(cfg, federation))
@@ -166,7 +165,7 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
     else:
         states.save(0)
     rounds = Rounds(federation.clients, federation.mode, module.client, states.save, timeout_s * TURN_WAIT_FACTOR)
-    observation = ObservationRecord() if record else None
+    observations = {index: ObservationRecord() for index in joined} if record else {}
     steps: dict[int, int] = {}
     errors: list[BaseException] = []
 
@@ -181,8 +180,8 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
             raise TransportError(f"the client was lost and did not rejoin: {error}") from None
         step = hello.get("resume_step", 0)
         states.restore(step)
-        if observation:
-            observation.rewind()
+        if observations:
+            observations[0].rewind()
         print(f"the client rejoined after training step {step}; the server's state is restored to that step", flush=True)
         return Link.connect(0, host, rendezvous, address, timeout_s, shaping), step
 
@@ -193,7 +192,7 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
                 try:
                     steps[index] = serve_steps(link, server, optimizer, message_shape, num_classes,
                                                max(cfg.training.batch_size, 1024), rounds, index,
-                                               flat_size(module.client), observation, first_step)
+                                               flat_size(module.client), observations.get(index), first_step)
                     return
                 except PeerLost as lost:
                     if federation.clients > 1:  # the others' steps are interleaved in the server's state
@@ -212,11 +211,17 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
     if errors:
         raise errors[0] if isinstance(errors[0], SplitprivError) else TransportError(str(errors[0]))
     states.save(sum(steps.values()))
-    if observation:
-        observation.save(folder / OBSERVED, server)
+    recorded = [folder / record_name(index, federation.clients) for index in sorted(observations)]
+    for index, path in zip(sorted(observations), recorded):
+        observations[index].save(path, server)
     return {"steps": sum(steps.values()), "state": str(states.path), "cut_layer": module.cut_layer,
             "cut_name": module.cut_name, "clients": federation.clients,
-            "observed": str(folder / OBSERVED) if observation else None}
+            "observed": [str(path) for path in recorded]}
+
+
+def record_name(index: int, clients: int) -> str:
+    """The file of what the server observed of client ``index``."""
+    return OBSERVED if clients == 1 else f"observed-client{index}.pt"
 
 
 def train_client(cfg: RunConfig, server_address: str, secret: bytes, timeout_s: float = 120.0,

@@ -344,12 +344,19 @@ def _privacy_options(first_boundary: int, shape: ModelShape, sweep: SweepResults
     return [(d, s, o) for (c, d, s), o in sorted(sweep.outcomes.items()) if c == cut]
 
 
+def block_flops(shape: ModelShape, training: bool) -> list[float]:
+    """FLOPs_pid's terms per block: forward, or in training forward + backward (the first block computes
+    no gradient for the input)."""
+    flops = [b.flops_train_input_grad if training else b.flops_forward for b in shape.blocks]
+    if training:
+        flops[0] = shape.blocks[0].flops_train_no_input_grad
+    return flops
+
+
 def enumerate_plans(scenario: Scenario, catalogue: Catalogue, shape: ModelShape, sweep: SweepResults | None) -> list[Plan]:
     device_options, link_options = scenario.options(catalogue)
     names = [b.name for b in shape.blocks]
-    flops = [b.flops_train_input_grad if scenario.training else b.flops_forward for b in shape.blocks]
-    if scenario.training:  # the first block computes no input gradient
-        flops[0] = shape.blocks[0].flops_train_no_input_grad
+    flops = block_flops(shape, scenario.training)
     input_bytes = shape.input_elements * scenario.input_bytes_per_element
     output_bytes = [b.output_elements * BYTES_PER_ELEMENT["fp32"] for b in shape.blocks]
     last = len(shape.blocks) - 1

@@ -295,10 +295,15 @@ class RemoteServer(nn.Module):
         self.link, self.num_classes, self.step = link, num_classes, step  # step: the last one taken (a resume's)
         self.clients, self.mode, self.samples = clients, mode, samples
         self.wire, self.wire_in_all = WireMeter(), WireMeter()  # this epoch's steps, and every step
+        self.previous_start: float | None = None  # the start of this epoch's previous training step
 
     def train_step(self, message: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         self.step += 1
         started = time.perf_counter()
+        if self.previous_start is not None:  # a whole step, from one request to the next
+            for meter in (self.wire, self.wire_in_all):
+                meter.add_step_interval(started - self.previous_start)
+        self.previous_start = started
         self.link.request(TRAIN, self.step, message, labels.to(torch.int64))
         # the reply: [loss, the server's compute seconds, logits...] in one tensor, then the gradient
         head = self.link.receive((2 + len(message) * self.num_classes,), torch.float32)
@@ -322,6 +327,7 @@ class RemoteServer(nn.Module):
     def epoch_end(self, client: nn.Module) -> None:
         """The round's end: one client - the server saves its state; SplitFed - the client partition
         is replaced by the round's average over the clients; sequential - it passes to the next client."""
+        self.previous_start = None  # the validation pass and the round's end are not a training step
         if self.clients == 1:
             self.link.request(EPOCH_END, self.step)
             self.link.receive((), torch.int64)  # the server has saved its state
@@ -343,13 +349,21 @@ class RemoteServer(nn.Module):
 @dataclass
 class WireMeter:
     """Bytes and seconds of the training steps since the last ``take``: round trip as the client
-    measures it, the server's compute as the server reports it, and their difference (the wire)."""
+    measures it, the server's compute as the server reports it, and their difference (the wire);
+    and the whole step as the client lives it, from one step's request to the next one's (its
+    backward and update, the next batch's loading and forward, the round trip)."""
 
     steps: int = 0
     forward_bytes: float = 0.0
     backward_bytes: float = 0.0
     round_trip_s: float = 0.0
     server_s: float = 0.0
+    intervals: int = 0
+    interval_s: float = 0.0
+
+    def add_step_interval(self, seconds: float) -> None:
+        self.intervals += 1
+        self.interval_s += seconds
 
     def add(self, round_trip_s: float, server_s: float, message, labels, gradient) -> None:
         self.steps += 1
@@ -365,7 +379,8 @@ class WireMeter:
                   "wire_backward_bytes_per_step": self.backward_bytes / steps,
                   "wire_round_trip_s_per_step": self.round_trip_s / steps,
                   "server_compute_s_per_step": self.server_s / steps,
-                  "wire_time_s_per_step": (self.round_trip_s - self.server_s) / steps}
+                  "wire_time_s_per_step": (self.round_trip_s - self.server_s) / steps,
+                  "training_step_s": self.interval_s / self.intervals if self.intervals else float("nan")}
         self.__init__()
         return values
 

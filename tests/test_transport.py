@@ -17,7 +17,8 @@ from splitpriv.errors import SplitprivError
 from splitpriv.experiment import train
 from splitpriv.runs import load_run
 from conftest import wait_for
-from splitpriv.parties import PREVIOUS_STATE, SERVER_STATE, ServerStates, train_client
+from splitpriv.data import make_splits
+from splitpriv.parties import PREVIOUS_STATE, SERVER_STATE, ServerStates, client_shard, train_client
 from splitpriv.store import read_checkpoint
 from splitpriv.transport import Link, Shaping, TransportError, _check_message, accept_client, free_port
 
@@ -69,6 +70,7 @@ def test_training_over_an_emulated_link_equals_in_process_training_bit_for_bit(t
     assert remote.metrics["wire_forward_bytes_per_step"] == pytest.approx(
         remote.metrics["wire_backward_bytes_per_step"] * (1 + 8 / local.metrics["activation_bytes_per_sample"]))
     assert 0 < remote.metrics["server_compute_s_per_step"] < remote.metrics["wire_round_trip_s_per_step"]
+    assert remote.metrics["training_step_s"] > remote.metrics["wire_round_trip_s_per_step"]  # the client's part too
     # the emulated link costs at least what the latency model charges a training step's crossing
     bytes_per_step = remote.metrics["wire_forward_bytes_per_step"] + remote.metrics["wire_backward_bytes_per_step"]
     assert remote.metrics["wire_time_s_per_step"] >= link.rtt_s + bytes_per_step / link.bandwidth_bytes_per_s
@@ -256,9 +258,10 @@ def _client_process(tmp_path: Path, port: int, index: int, mode: str, epochs: st
 @pytest.mark.parametrize("mode", ["splitfed", "sequential"])
 def test_two_clients_train_digits_with_one_server(tmp_path, mode):
     """SplitFed: both clients end with the same averaged partition, so they test identically.
-    Sequential: the partition passes from client to client; the last one to train holds the model."""
+    Sequential: the partition passes from client to client; the last one to train holds the model.
+    The server's record of each client holds that client's last epoch and test pass, no other's."""
     port = free_port()
-    server = _serve(tmp_path, port, "--clients", "2", "--federation", mode, "--epochs", "4")
+    server = _serve(tmp_path, port, "--clients", "2", "--federation", mode, "--epochs", "4", "--record")
     clients = [_client_process(tmp_path, port, index, mode, "4") for index in (0, 1)]
     for process in clients:
         out, err = process.communicate(timeout=300)
@@ -269,6 +272,12 @@ def test_two_clients_train_digits_with_one_server(tmp_path, mode):
     served_steps = int(output.split("served ")[1].split()[0])
     steps_per_client = [-(-len_ // 64) * 4 for len_ in _shard_sizes(2)]
     assert served_steps == sum(steps_per_client)  # every step of both shards, none twice
+    data = _data(3)
+    for index in (0, 1):
+        record = torch.load(next(tmp_path.glob(f"*-server/observed-client{index}.pt")), weights_only=True)
+        shard_labels = client_shard(data, index, 2).private_train.labels
+        assert torch.equal(record["train_labels"].sort().values, shard_labels.sort().values)
+        assert len(record["test_messages"]) == len(data.private_test)
     if mode == "splitfed":
         assert metrics[0]["test_loss"] == metrics[1]["test_loss"]
         assert metrics[0]["test_accuracy"] >= 0.8
@@ -276,11 +285,12 @@ def test_two_clients_train_digits_with_one_server(tmp_path, mode):
         assert max(m["test_accuracy"] for m in metrics) >= 0.8
 
 
-def _shard_sizes(clients: int) -> list[int]:
-    from splitpriv.data import make_splits
-    from splitpriv.parties import client_shard
+def _data(seed: int):
+    return make_splits(load_run_config(None, {"seed": seed}).data, seed)
 
-    data = make_splits(load_run_config(None, {"seed": 3}).data, 3)
+
+def _shard_sizes(clients: int) -> list[int]:
+    data = _data(3)
     return [len(client_shard(data, index, clients).private_train) for index in range(clients)]
 
 

@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=29400, help="port of the handshake")
     parser.add_argument("--record", action="store_true",
                         help="keep what the server observed (messages, labels, returned gradients, the test pass's "
-                             "messages, its partition) in observed.pt, for 'splitpriv attack --observed'")
+                             "messages, its partition) in observed.pt (observed-client<k>.pt with several clients), "
+                             "for 'splitpriv attack --observed'")
     parser.add_argument("--resume", action="store_true",
                         help="start from the server state a killed serve process left in its folder, for a client "
                              "that resumes at the same step (one client)")
@@ -69,5 +70,5 @@ def run(args: argparse.Namespace) -> int:
                     resume=args.resume)
     print(f"served {summary['steps']} training steps of {summary['clients']} client(s) at cut {summary['cut_layer']} "
           f"({summary['cut_name']}); the server's state is in {summary['state']}"
-          + (f", what it observed in {summary['observed']}" if summary["observed"] else ""))
+          + (f", what it observed in {', '.join(summary['observed'])}" if summary["observed"] else ""))
     return 0
