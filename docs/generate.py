@@ -109,6 +109,12 @@ PAGES = {
         commands=["splitpriv plan --config experiments/plan_pi4_v100.yaml --out {tmp}/plan1",
                   "splitpriv plan --config experiments/plan_phone_edge_cloud.yaml --out {tmp}/plan2",
                   "splitpriv cost --config experiments/cost_c6i_lambda.yaml --out {tmp}/cost"]),
+    "cost-reach": Page(
+        "Where the IaaS/FaaS hybrid wins, against the share of requests that exit early",
+        "The survey's cost study (`experiments/cost_c6i_lambda.yaml`) with each internal classifier answering a "
+        "share e of the requests reaching it: the hybrid's saving against the large VM alone per SLO and billing, "
+        "and the hybrid's placement at the largest share.",
+        commands=["python benchmarks/cost_reach.py"]),
     "early-exits": Page(
         "Early exits on digits",
         "Internal classifiers trained with the split model, then thresholds calibrated for a target accuracy.",

@@ -76,6 +76,19 @@ class CostBreakdown:
         return f"{self.vm} (partitions 1-{self.cutid}) + {self.function}"
 
 
+def reach_from_exits(exit_rates: dict[str, float], partition_ends: Sequence[str], block_names: Sequence[str]) -> list[float]:
+    """beta_pid from measured exit shares: beta_1 = 1 and beta_{pid+1} = 1 - (the share of all
+    requests leaving at internal classifiers placed up to partition pid's last block). ``exit_rates``
+    maps an exit's block name to the share of all requests that leave there (``splitpriv exits``);
+    ``partition_ends`` are the blocks ending partitions 1..M-1."""
+    position = {name: index for index, name in enumerate(block_names)}
+    unknown = sorted(set(exit_rates) - set(position) - {"final"})
+    if unknown:
+        raise ConfigError("exits_run", unknown, f"exits at blocks of the study's model ({list(block_names)[:4]}...)")
+    left = lambda end: sum(share for name, share in exit_rates.items() if name != "final" and position[name] <= position[end])  # noqa: E731
+    return [1.0, *(max(0.0, 1 - left(end)) for end in partition_ends)]
+
+
 def check_reach_rates(reach_rates: Sequence[float], partitions: int) -> None:
     if len(reach_rates) != partitions:
         raise ConfigError("reach_rates", list(reach_rates), f"one share per partition ({partitions})")
@@ -180,6 +193,7 @@ class CostStudy:
     dataset: str = "cifar10"
     partition_after: list[str] = field(default_factory=list)  # blocks ending a partition (internal classifiers)
     reach_rates: list[float] | None = None  # beta_pid; None: 1 for all (conservative)
+    exits_run: str | None = None  # a run with exits.csv ('splitpriv exits'): its measured shares give beta_pid
     accuracy: float | None = field(default=None, metadata=OPTIONAL_FRACTION)  # of the deployed network
     target_accuracy: float | None = field(default=None, metadata=OPTIONAL_FRACTION)  # A_tar
     large_vm: str = "c6i.xlarge"
@@ -199,6 +213,8 @@ class CostStudy:
         for billing in self.billing:
             if billing not in BILLING:
                 raise ConfigError("billing", billing, f"one of {list(BILLING)}")
+        if self.exits_run and self.reach_rates is not None:
+            raise ConfigError("reach_rates", self.reach_rates, "null with exits_run (the run's measured shares give them)")
 
 
 @dataclass(frozen=True)

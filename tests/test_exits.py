@@ -142,3 +142,25 @@ def test_planner_uses_the_measured_exit_rates(exit_run):
         block = model.block_names.index(p.boundaries[0])
         assert p.exit_rate == pytest.approx(sum(b for n, b in betas.items() if position[n] <= block))
         assert p.accuracy == pytest.approx(report.chosen["accuracy"])
+
+
+def test_the_cost_study_takes_its_reach_rates_from_the_measured_exits(exit_run, tmp_path, capsys):
+    """beta_pid = 1 - the shares leaving at exits up to partition pid's end, as 'splitpriv exits' chose them."""
+    from splitpriv.exit_calibration import calibrate_run
+
+    report = calibrate_run(exit_run.path, 0.8)
+    study = tmp_path / "study.yaml"
+    study.write_text(yaml.safe_dump({"name": "digits", "model": "small_cnn", "dataset": "digits",
+                                     "partition_after": ["pool", "fc1"], "exits_run": str(exit_run.path),
+                                     "slos_s": [1.0], "billing": ["amortised"]}))
+    assert main(["cost", "--config", str(study), "--out", str(tmp_path / "measured")]) == 0
+    out = capsys.readouterr().out
+    shares = {name: report.chosen[f"beta_{name}"] for name in ("relu1", "pool", "fc1")}
+    expected = [1.0, 1 - shares["relu1"] - shares["pool"], 1 - sum(shares.values())]
+    assert "reach rates beta: " + ", ".join(f"{b:.3g}" for b in expected) + " (measured by 'splitpriv exits')" in out
+    assert f"accuracy {report.chosen['accuracy']:.4f}" in out
+    study.write_text(yaml.safe_dump({"name": "digits", "model": "small_cnn", "dataset": "digits",
+                                     "partition_after": ["pool", "fc1"], "exits_run": str(exit_run.path),
+                                     "reach_rates": [1, 1, 1]}))
+    assert main(["cost", "--config", str(study), "--out", str(tmp_path / "both")]) == 2
+    assert "null with exits_run" in capsys.readouterr().err

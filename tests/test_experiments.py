@@ -55,3 +55,18 @@ def test_reproduction_configs_are_valid_sweeps_with_at_least_three_seeds(path):
     num_classes, shape = dataset_shape(cfg.dataset)
     cells = sweep.grid(cfg, build_model(cfg.model, num_classes, shape[0], shape[-1]).cut_points(shape))
     assert len(cfg.seeds) >= 3 and cells
+
+
+def test_the_exits_cost_study_prices_the_shipped_exits_runs_classifiers():
+    import yaml
+
+    from splitpriv.config import from_dict
+    from splitpriv.cost import CostStudy
+
+    study = from_dict(CostStudy, yaml.safe_load((EXPERIMENTS / "cost_c6i_lambda_exits.yaml").read_text()))
+    study.validate()
+    run = load_run_config(EXPERIMENTS / "cifar10_vgg16_exits.yaml")
+    assert Path(study.exits_run).name == run.run_name()
+    assert (study.model, study.dataset) == (run.model.name, run.data.dataset)
+    assert study.partition_after == run.exits.at
+    assert set(run.exits.at) <= set(build_model(run.model.name, 10, 3, 32).block_names)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NamedTuple
 
 HELP = "cost study: a large VM alone vs. a small VM offloading to a serverless function, across SLOs"
 
@@ -14,17 +15,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from splitpriv.catalogue import load_catalogue
     from splitpriv.config import from_dict, load_yaml
-    from splitpriv.cost import CostStudy, run_study
+    from splitpriv.cost import CostStudy
+
+    setup = prepare(from_dict(CostStudy, load_yaml(args.config, "cost study") if args.config else {}), args.catalogue)
+    _print_assumptions(setup)
+    rows = setup.run()
+    _print_rows(rows)
+    out = Path(args.out or f"runs/cost-{setup.study.name}")
+    _write_csv(rows, out / "cost.csv")
+    print(f"\nwrote {out / 'cost.csv'}")
+    return 0
+
+
+class StudySetup(NamedTuple):
+    """A cost study checked and resolved: what :func:`splitpriv.cost.run_study` takes."""
+
+    study: object
+    partition_flops: list[float]
+    message_bytes: list[float]
+    large: object
+    small: object
+    function: object
+    link: object
+
+    def run(self, **changes) -> list:
+        """The study's rows; ``changes`` replace study fields (e.g. ``reach_rates``)."""
+        import dataclasses
+
+        from splitpriv.cost import run_study
+
+        return run_study(dataclasses.replace(self.study, **changes), self.partition_flops, self.message_bytes,
+                         self.large, self.small, self.function, self.link.bandwidth_bytes_per_s, self.link.rtt_s)
+
+
+def prepare(study, catalogue_files: list[str]) -> StudySetup:
+    """The study checked against the catalogue and the model: partitions' FLOPs and messages, the
+    devices, the link; reach rates from its exits run when it names one."""
+    from splitpriv.catalogue import load_catalogue
     from splitpriv.data import dataset_shape
     from splitpriv.errors import ConfigError
     from splitpriv.models import build_model
     from splitpriv.profiling import BYTES_PER_ELEMENT, profile_blocks
 
-    study = from_dict(CostStudy, load_yaml(args.config, "cost study") if args.config else {})
     study.validate()
-    catalogue = load_catalogue(study.catalogue + args.catalogue)
+    catalogue = load_catalogue(study.catalogue + catalogue_files)
     large, small = catalogue.device(study.large_vm, "large_vm"), catalogue.device(study.small_vm, "small_vm")
     for key, vm in (("large_vm", large), ("small_vm", small)):
         if vm.price_per_hour is None:
@@ -44,18 +79,34 @@ def run(args: argparse.Namespace) -> int:
     message_bytes = [blocks[e].output_elements * BYTES_PER_ELEMENT["fp32"] for e in ends[:-1]]
     if study.reach_rates is not None and len(study.reach_rates) != len(partition_flops):
         raise ConfigError("reach_rates", study.reach_rates, f"{len(partition_flops)} shares, one per partition")
-
-    _print_assumptions(study, large, small, function, link, partition_flops, message_bytes)
-    rows = run_study(study, partition_flops, message_bytes, large, small, function,
-                     link.bandwidth_bytes_per_s, link.rtt_s)
-    _print_rows(rows)
-    out = Path(args.out or f"runs/cost-{study.name}")
-    _write_csv(rows, out / "cost.csv")
-    print(f"\nwrote {out / 'cost.csv'}")
-    return 0
+    if study.exits_run:
+        study = _with_measured_reach(study, [names[e] for e in ends[:-1]], names)
+    return StudySetup(study, partition_flops, message_bytes, large, small, function, link)
 
 
-def _print_assumptions(study, large, small, function, link, partition_flops, message_bytes) -> None:
+def _with_measured_reach(study, partition_ends: list[str], names: list[str]):
+    """The study with beta_pid and the accuracy measured by ``splitpriv exits`` on its exits run."""
+    import dataclasses
+
+    from splitpriv.config import load_yaml
+    from splitpriv.cost import reach_from_exits
+    from splitpriv.errors import ConfigError
+    from splitpriv.exits import chosen_exits
+
+    config = load_yaml(Path(study.exits_run) / "config.yaml", "exits run config")
+    trained = (config.get("model", {}).get("name"), config.get("data", {}).get("dataset"))
+    if trained != (study.model, study.dataset):
+        raise ConfigError("exits_run", study.exits_run, f"a run of {study.model} on {study.dataset} (it trained "
+                          f"{trained[0]} on {trained[1]})")
+    rates, accuracy = chosen_exits(study.exits_run)
+    print(f"exits measured by 'splitpriv exits' in {study.exits_run}: "
+          + ", ".join(f"{name} {share:.3f}" for name, share in rates.items()) + f"; accuracy {accuracy:.4f}")
+    return dataclasses.replace(study, reach_rates=reach_from_exits(rates, partition_ends, names),
+                               accuracy=study.accuracy if study.accuracy is not None else accuracy)
+
+
+def _print_assumptions(setup: StudySetup) -> None:
+    study, partition_flops, message_bytes, large, small, function, link = setup
     reach = study.reach_rates or [1.0] * len(partition_flops)
     print(f"cost study {study.name}: {study.model} on {study.dataset}, one request = one input, "
           f"{len(partition_flops)} partitions (internal classifiers after {', '.join(study.partition_after) or '-'})")
@@ -63,8 +114,9 @@ def _print_assumptions(study, large, small, function, link, partition_flops, mes
     print("  partition GFLOP: " + ", ".join(f"{f / 1e9:.3f}" for f in partition_flops)
           + "; internal classifiers' FLOPs neglected")
     print("  messages between partitions (fp32 bytes): " + ", ".join(f"{b:,}" for b in message_bytes))
-    print("  reach rates beta: " + ", ".join(f"{b:g}" for b in reach)
-          + (" (conservative: every request traverses the whole network)" if all(b == 1 for b in reach) else ""))
+    print("  reach rates beta: " + ", ".join(f"{b:.3g}" for b in reach)
+          + (" (conservative: every request traverses the whole network)" if all(b == 1 for b in reach) else
+             " (measured by 'splitpriv exits')" if study.exits_run else ""))
     for vm in (large, small):
         print(f"  {vm.name}: ${vm.price_per_hour}/h, mu = {vm.flops_per_s / 1e9:.1f} GFLOP/s (catalogue)")
     print(f"  {function.name}: {function.memory_mb:g} MB, ${function.price_per_gb_s}/GB-s, ${function.price_per_request}/request, "
