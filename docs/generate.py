@@ -156,7 +156,7 @@ PAGES = {
         "measured step.",
         commands=["python benchmarks/wire_latency.py --train-size 256",
                   "python benchmarks/wire_latency.py --model vgg11 --dataset cifar10 --data-root {data_root} "
-                  "--train-size 256 --batch-size 32"], cheap=False),
+                  "--train-size 256 --batch-size 32"], cheap=False, readme_lines=r"median absolute error"),
     "defense-overhead": Page(
         "Defense overhead",
         "Training-step time of each defense relative to no defense on digits.",

@@ -85,8 +85,9 @@ def reach_from_exits(exit_rates: dict[str, float], partition_ends: Sequence[str]
     unknown = sorted(set(exit_rates) - set(position) - {"final"})
     if unknown:
         raise ConfigError("exits_run", unknown, f"exits at blocks of the study's model ({list(block_names)[:4]}...)")
-    left = lambda end: sum(share for name, share in exit_rates.items() if name != "final" and position[name] <= position[end])  # noqa: E731
-    return [1.0, *(max(0.0, 1 - left(end)) for end in partition_ends)]
+    exits = {name: share for name, share in exit_rates.items() if name != "final"}
+    left = [sum(share for name, share in exits.items() if position[name] <= position[end]) for end in partition_ends]
+    return [1.0, *(max(0.0, 1 - share) for share in left)]
 
 
 def check_reach_rates(reach_rates: Sequence[float], partitions: int) -> None:

@@ -111,6 +111,38 @@ class ServerStates:
                 f"afresh (the client with --force)")
 
 
+@dataclass
+class _Door:
+    """Where clients join: the handshake on ``host:port``, then a Gloo link to each client admitted."""
+
+    host: str
+    port: int
+    secret: bytes
+    digest: str
+    timeout_s: float
+    shaping: Shaping | None
+    on_listening: object = None  # called once, with the listening address
+
+    def admit(self, validate) -> tuple[dict, Link]:
+        """The next client that proves the secret and passes ``validate``: (its hello, the link to it)."""
+        hello, rendezvous, address = accept_client(self.host, self.port, self.secret, self.digest, self.timeout_s,
+                                                   self.on_listening, validate)
+        self.on_listening = None
+        return hello, Link.connect(0, self.host, rendezvous, address, self.timeout_s, self.shaping)
+
+
+def _server_party(cfg: RunConfig, hello: dict) -> tuple[SplitLearningModule, tuple[int, ...], int]:
+    """The seeded model built from the client's description of its data: (module, message shape, classes)."""
+    info = hello.get("dataset_info") or {}
+    try:
+        num_classes, in_channels, image_size = (int(info[k]) for k in ("num_classes", "in_channels", "image_size"))
+    except (KeyError, TypeError, ValueError):
+        raise SplitprivError(f"the client's hello lacks the data set's shape ({info!r})") from None
+    module = build_module(cfg, num_classes, in_channels, image_size)
+    message_shape = tuple(module.client.eval()(torch.zeros(1, in_channels, image_size, image_size)).shape[1:])
+    return module, message_shape, num_classes
+
+
 def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, timeout_s: float = 120.0,
           on_listening=None, shaping: Shaping | None = None, federation: Federation = Federation(),
           record: bool = False, resume: bool = False) -> dict:
@@ -122,7 +154,8 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
     ``record`` what the server observed of each client (:class:`~splitpriv.transport.ObservationRecord`):
     ``<out>/observed.pt`` with one client, ``<out>/observed-client<k>.pt`` for client k of several.
     ``resume``: start from ``<out>/server.ckpt`` of a serve process that was killed, for a client that
-    resumes at the same step. ``shaping`` emulates the link on the server's sends. Returns a summary (steps, where the state is)."""
+    resumes at the same step. ``shaping`` emulates the link on the server's sends. Returns a summary
+    (steps, where the state is)."""
     _check_supported(cfg)
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
@@ -144,17 +177,11 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
                     f"two epoch ends)")
         return f"a client with index {index} has joined already" if index in joined else None
 
+    door = _Door(host, port, secret, digest, timeout_s, shaping, on_listening)
     while len(joined) < federation.clients:
-        hello, rendezvous, address = accept_client(host, port, secret, digest, timeout_s, on_listening, validate)
-        on_listening = None
-        joined[hello["client_index"]] = (Link.connect(0, host, rendezvous, address, timeout_s, shaping), hello)
-    info = joined[0][1].get("dataset_info") or {}
-    try:
-        num_classes, in_channels, image_size = (int(info[k]) for k in ("num_classes", "in_channels", "image_size"))
-    except (KeyError, TypeError, ValueError):
-        raise SplitprivError(f"the client's hello lacks the data set's shape ({info!r})") from None
-    module = build_module(cfg, num_classes, in_channels, image_size)
-    message_shape = tuple(module.client.eval()(torch.zeros(1, in_channels, image_size, image_size)).shape[1:])
+        hello, link = door.admit(validate)
+        joined[hello["client_index"]] = (link, hello)
+    module, message_shape, num_classes = _server_party(cfg, joined[0][1])
     server = module.server
     optimizer = make_optimizer(server.parameters(), cfg.training.server_optimizer)
     folder.mkdir(parents=True, exist_ok=True)
@@ -174,8 +201,7 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
         print(f"the client was lost ({lost}); waiting {timeout_s:.0f} s for it to rejoin from its last checkpoint "
               f"('splitpriv client ... --resume')", flush=True)
         try:
-            hello, rendezvous, address = accept_client(host, port, secret, digest, timeout_s, None,
-                                                       lambda hello: states.refusal(hello.get("resume_step", 0)))
+            hello, link = door.admit(lambda hello: states.refusal(hello.get("resume_step", 0)))
         except TransportError as error:
             raise TransportError(f"the client was lost and did not rejoin: {error}") from None
         step = hello.get("resume_step", 0)
@@ -183,7 +209,7 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
         if observations:
             observations[0].rewind()
         print(f"the client rejoined after training step {step}; the server's state is restored to that step", flush=True)
-        return Link.connect(0, host, rendezvous, address, timeout_s, shaping), step
+        return link, step
 
     def serve_one(index: int, link: Link) -> None:
         first_step = joined[index][1].get("resume_step", 0)
