@@ -29,6 +29,7 @@ from splitpriv.fields import one_of
 from splitpriv.decoders import CAPACITIES
 from splitpriv.data import ImageSet, load_images, make_splits, match_shape
 from splitpriv.errors import SplitprivError
+from splitpriv.fisher_leakage import dfil, mse_lower_bound
 from splitpriv.runs import build_module
 from splitpriv.store import atomic_save_figure, atomic_write_json, pyplot, read_tensors
 
@@ -174,6 +175,19 @@ def deployed_noise(transforms: list[MessageTransform]) -> NoiseModel | None:
     return NoiseModel("gaussian", variance ** 0.5)
 
 
+def fisher_leakage_bound(target: AttackTarget, images: torch.Tensor, probes: int = 16) -> dict | None:
+    """For a client that adds noise: its dFIL about the images in pixel units (through the data's
+    normalisation, the client and the clipping before the noise) and the least per-element MSE an
+    *unbiased* attacker reaches, 1 / dFIL per image (:mod:`splitpriv.fisher_leakage`). Attacks with a
+    prior (every learned decoder) may go below it. None for a deterministic client."""
+    if target.noise is None:
+        return None
+    leakage = dfil(lambda pixels: target.client(target.normalize(pixels)), images.to(target.device), target.noise.scale,
+                   probes, torch.Generator().manual_seed(target.seed)).cpu()
+    return {"noise": target.noise.family, "noise_scale": target.noise.scale, "images": len(images), "probes": probes,
+            "dfil_mean": float(leakage.mean()), "unbiased_mse_bound_mean": float(mse_lower_bound(leakage).mean())}
+
+
 # ----------------------------------------------------------------------------- the suite
 
 
@@ -202,6 +216,7 @@ def run_attacks(run, settings: AttackSettings | None = None, *, out_dir: str | P
         results = _evaluate_each(attacks, target, messages, originals, progress)
         dcor_count = min(settings.dcor_samples, len(originals))
         dcor = message_dcor(originals[:dcor_count], messages[:dcor_count].cpu())
+        fisher = fisher_leakage_bound(target, originals[:dcor_count])
 
     semantic: dict[str, Any] = {"classifier_accuracy_on_originals": None}
     if same_classes:
@@ -237,6 +252,7 @@ def run_attacks(run, settings: AttackSettings | None = None, *, out_dir: str | P
         "worst_case": worst_case_by_threat_model(per_attack),
         "semantic_leakage": semantic,
         "dcor_sq_bias_corrected": dcor, "dcor_samples": dcor_count,
+        "fisher_leakage": fisher,
         "attack_time_s": time.perf_counter() - started,
     }
     out = Path(out_dir) if out_dir is not None else Path(run.path)

@@ -244,6 +244,23 @@ def test_default_set_adds_the_noise_aware_attacker_for_randomized_defenses(noisy
     assert not torch.equal(noisy.send(x), noisy.send(x))
 
 
+def test_the_fisher_bound_is_in_pixel_units_through_the_clipping_and_only_for_noisy_clients(noisy, trained):
+    """1 / dFIL per image = s^2 d / ||J||_F^2 of pixels -> normalised inputs -> client -> clip, checked
+    against the exact Jacobian of that chain; a deterministic client has no bound."""
+    from splitpriv.attack_suite import deployed_target, fisher_leakage_bound, load_proxy
+
+    proxy, _, _ = load_proxy(trained.data, trained.config.data, None, None, 0)
+    assert fisher_leakage_bound(deployed_target(trained, proxy, 0), proxy.images[:4]) is None
+    target = deployed_target(noisy, proxy, 0)
+    images = noisy.data.private_test.images[:2].float() / 255
+    bound = fisher_leakage_bound(target, images, probes=300)
+    exact = [float(torch.autograd.functional.jacobian(lambda x: target.client(target.normalize(x[None]))[0], image)
+                   .square().sum()) for image in images]
+    expected = sum(target.noise.scale ** 2 * image.numel() / norm for norm, image in zip(exact, images)) / len(images)
+    assert bound["unbiased_mse_bound_mean"] == pytest.approx(expected, rel=0.15)
+    assert bound["noise"] == "laplace" and bound["images"] == 2
+
+
 # ----------------------------------------------------------------------------- the command
 
 
