@@ -39,6 +39,7 @@ import yaml
 
 from splitpriv.config import load_run_config
 from splitpriv.data import make_splits
+from splitpriv.errors import SplitprivError
 from splitpriv.experiment import quiet_lightning
 from splitpriv.latency import transmission_time
 from splitpriv.models import build_model
@@ -124,7 +125,11 @@ def main() -> None:
              *(["--data-root", args.data_root] if args.data_root else [])],
             env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         cfg = load_run_config(None, {**values, "out": str(out), "name": f"cut{cut}", "model.cut_layer": cut})
-        run = train_client(cfg, f"127.0.0.1:{port}", SECRET.encode(), 120, link, data=data, force=True)
+        try:
+            run = train_client(cfg, f"127.0.0.1:{port}", SECRET.encode(), 120, link, data=data, force=True)
+        except SplitprivError as error:
+            raise SystemExit(f"the client for cut {cut} failed: {error}\nthe server said:\n"
+                             f"{server.communicate(timeout=120)[1][-2000:]}") from None
         _, err = server.communicate(timeout=120)
         if server.returncode:
             raise SystemExit(f"the server for cut {cut} failed:\n{err[-2000:]}")

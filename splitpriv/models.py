@@ -137,6 +137,11 @@ class SplitModel(nn.Module):
         items = list(self.blocks.named_children())
         client = nn.Sequential(OrderedDict(items[: last_client_block + 1]))
         server = nn.Sequential(OrderedDict(items[last_client_block + 1 :]))
+        # the server receives the message as a leaf that requires its gradient (the network boundary):
+        # an in-place operation on it, such as VGG's ReLU(inplace=True) after a conv cut, would fail
+        for module in server[:1].modules():
+            if getattr(module, "inplace", False):
+                module.inplace = False
         return client, server
 
     def cut_name(self, cut_layer: int | str) -> str:

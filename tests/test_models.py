@@ -34,6 +34,20 @@ def test_split_is_bit_exact_at_every_cut(name, channels, size):
             assert torch.equal(server(message), expected), f"{name} cut {cut.index} ({cut.name})"
 
 
+@pytest.mark.parametrize("name,channels,size", [case for case in BUILT_IN if case[2] == 32])
+def test_the_server_back_propagates_to_the_message_it_receives_at_every_cut(name, channels, size):
+    """The split step hands the server the message as a leaf that requires its gradient; an in-place
+    first layer (VGG's ReLU(inplace=True) after a conv cut) must not break that."""
+    torch.manual_seed(0)
+    model = build_model(name, 10, channels, size)
+    x = torch.randn(2, channels, size, size)
+    for cut in model.cut_points((channels, size, size)):
+        client, server = model.split(cut.index)
+        sent = client(x).detach().requires_grad_(True)
+        server(sent).sum().backward()
+        assert sent.grad is not None and sent.grad.abs().sum() > 0, f"{name} cut {cut.index} ({cut.name})"
+
+
 @pytest.mark.parametrize("name,channels,size", BUILT_IN[:3])
 def test_split_parts_share_parameters_with_the_model(name, channels, size):
     model = build_model(name, 10, channels, size)
