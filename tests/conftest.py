@@ -48,3 +48,11 @@ def wait_for(predicate, timeout_s: float = 120.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("the condition did not come true in time")
         time.sleep(0.05)
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """The epoch a training checkpoint holds, -1 while it is not there yet or being replaced."""
+    try:
+        return int(torch.load(path, weights_only=True)["epoch"])
+    except Exception:
+        return -1

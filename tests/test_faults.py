@@ -17,18 +17,12 @@ import torch
 import yaml
 
 import splitpriv.sweep as sweep
-from conftest import wait_for
+from conftest import checkpoint_epoch, wait_for
 from splitpriv.errors import SplitprivError
 
 ENV = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
 TRAIN = [sys.executable, "-m", "splitpriv.cli", "train", "--epochs", "12", "--no-progress", "--threads", "1"]
 
-
-def _checkpoint_epoch(path: Path) -> int:
-    try:
-        return int(torch.load(path, weights_only=True)["epoch"])
-    except Exception:  # not there yet, or being replaced
-        return -1
 
 
 def _state(run: Path) -> dict:
@@ -46,11 +40,11 @@ def test_a_training_killed_mid_run_resumes_to_the_uninterrupted_result(uninterru
     run = tmp_path / "killed"
     process = subprocess.Popen([*TRAIN, "--out", str(tmp_path), "--name", "killed"], env=ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: _checkpoint_epoch(run / "checkpoints" / "last.ckpt") >= 3 or process.poll() is not None)
+    wait_for(lambda: checkpoint_epoch(run / "checkpoints" / "last.ckpt") >= 3 or process.poll() is not None)
     process.kill()
     process.wait()
     assert not (run / "metrics.json").exists(), "the run finished before it was killed: nothing was tested"
-    finished_epochs = _checkpoint_epoch(run / "checkpoints" / "last.ckpt") + 1
+    finished_epochs = checkpoint_epoch(run / "checkpoints" / "last.ckpt") + 1
     assert 4 <= finished_epochs < 12  # every finished epoch is kept, at most the one in progress is lost
     resumed = subprocess.run([*TRAIN, "--out", str(tmp_path), "--name", "killed", "--resume"], env=ENV,
                              capture_output=True, text=True)
@@ -69,12 +63,12 @@ def test_ctrl_c_saves_the_finished_epochs_and_exits_130(tmp_path):
     process = subprocess.Popen([*TRAIN, "--out", str(tmp_path), "--name", "interrupted"], env=ENV,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    wait_for(lambda: _checkpoint_epoch(run / "checkpoints" / "last.ckpt") >= 1 or process.poll() is not None)
+    wait_for(lambda: checkpoint_epoch(run / "checkpoints" / "last.ckpt") >= 1 or process.poll() is not None)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
     assert "--resume" in stderr and "Traceback" not in stderr
-    assert _checkpoint_epoch(run / "checkpoints" / "last.ckpt") >= 1 and not (run / "metrics.json").exists()
+    assert checkpoint_epoch(run / "checkpoints" / "last.ckpt") >= 1 and not (run / "metrics.json").exists()
     resumed = subprocess.run([*TRAIN, "--out", str(tmp_path), "--name", "interrupted", "--resume"], env=ENV,
                              capture_output=True, text=True)
     assert resumed.returncode == 0 and json.loads((run / "metrics.json").read_text())["epochs"] == 12

@@ -16,7 +16,7 @@ from splitpriv.config import load_run_config
 from splitpriv.errors import SplitprivError
 from splitpriv.experiment import train
 from splitpriv.runs import load_run
-from conftest import wait_for
+from conftest import checkpoint_epoch, wait_for
 from splitpriv.data import make_splits
 from splitpriv.parties import PREVIOUS_STATE, SERVER_STATE, ServerStates, client_shard, train_client
 from splitpriv.store import read_checkpoint
@@ -76,12 +76,6 @@ def test_training_over_an_emulated_link_equals_in_process_training_bit_for_bit(t
     assert remote.metrics["wire_time_s_per_step"] >= link.rtt_s + bytes_per_step / link.bandwidth_bytes_per_s
 
 
-def _checkpoint_epoch(path: Path) -> int:
-    try:
-        return int(torch.load(path, weights_only=True)["epoch"])
-    except Exception:  # not there yet, or being replaced
-        return -1
-
 
 def test_a_killed_client_rejoins_and_a_killed_server_resumes_as_if_never_interrupted(tmp_path):
     """SIGKILL the client after its first epoch and start it again with --resume: the serve process goes
@@ -100,7 +94,7 @@ def test_a_killed_client_rejoins_and_a_killed_server_resumes_as_if_never_interru
                                 stderr=subprocess.PIPE)
 
     def kill_after_epoch(process: subprocess.Popen, watched: subprocess.Popen, epoch: int) -> None:
-        wait_for(lambda: _checkpoint_epoch(checkpoint) >= epoch or watched.poll() is not None)
+        wait_for(lambda: checkpoint_epoch(checkpoint) >= epoch or watched.poll() is not None)
         process.kill()
         process.wait()
         assert not (tmp_path / "remote" / "metrics.json").exists(), "the client finished before the kill"
@@ -114,7 +108,7 @@ def test_a_killed_client_rejoins_and_a_killed_server_resumes_as_if_never_interru
     assert second.returncode == 2 and "vanished or stalled" in errors and "Traceback" not in errors, errors[-2000:]
     code, output = _finish(server)
     assert "the client rejoined after training step" in output
-    assert _checkpoint_epoch(checkpoint) < 3
+    assert checkpoint_epoch(checkpoint) < 3
 
     server = _serve(tmp_path, port, "--epochs", "4", "--resume")
     third = start_client("--resume")
