@@ -19,7 +19,7 @@ from mnist_bench import parser, train_undefended
 from splitpriv.attacks import default_attack_specs
 from splitpriv.attack_suite import AttackSettings, run_attacks
 
-STRONG = {"name": "decoder_inversion", "capacity": "xlarge", "patience": 20, "max_epochs": 300}
+STRONG = {"name": "decoder_inversion", "capacity": "xlarge", "patience": 20, "lr_patience": 5, "max_epochs": 300}
 
 
 def main() -> None:

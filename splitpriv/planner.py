@@ -41,6 +41,7 @@ from splitpriv.latency import Hop, chain_latency
 from splitpriv.models import SplitModel
 from splitpriv.profiling import BYTES_PER_ELEMENT, BlockProfile, profile_blocks
 from splitpriv.store import atomic_save_figure, atomic_write_csv, pyplot
+from splitpriv.prediction import PREDICTED_CSV, read_predictions
 from splitpriv.sweep import read_frontier
 
 RAW, LOCAL = "raw", "local"
@@ -131,6 +132,7 @@ class Outcome:
 class SweepResults:
     path: Path
     outcomes: dict[tuple[int, str, str], Outcome]  # (cut_layer, defense, strength)
+    source: str = "measured"  # or "predicted": splitpriv predict's predicted.csv, no measured frontier yet
 
     @property
     def undefended_accuracy(self) -> float:
@@ -139,20 +141,23 @@ class SweepResults:
 
 
 def load_sweep(folder: str | Path, model: str, dataset: str, threat_model: str = "white_box") -> SweepResults:
-    """Read ``frontier.csv`` + ``sweep.yaml`` of a sweep; refuse one of another model or data set. Leakage is
+    """Read ``frontier.csv`` + ``sweep.yaml`` of a sweep, or without a measured frontier the
+    ``predicted.csv`` of ``splitpriv predict``; refuse one of another model or data set. Leakage is
     the worst case against ``threat_model``."""
     folder = Path(folder)
-    frontier, description = folder / "frontier.csv", folder / "sweep.yaml"
-    for file in (frontier, description):
+    frontier, predicted, description = folder / "frontier.csv", folder / PREDICTED_CSV, folder / "sweep.yaml"
+    measured = frontier.exists()
+    for file in (frontier if measured or not predicted.exists() else predicted, description):
         if not file.exists():
-            raise SplitprivError(f"--sweep {folder}: {file} is missing; run 'splitpriv sweep --out {folder}' first")
+            raise SplitprivError(f"--sweep {folder}: {file} is missing; run 'splitpriv sweep' (measured leakage) or "
+                                 f"'splitpriv predict' (predicted leakage) with the folder's parent as --out first")
     sweep = load_yaml(description, "sweep record")
     for key, wanted in (("model", model), ("dataset", dataset)):
         if sweep.get(key) != wanted:
             raise SplitprivError(f"--sweep {folder} measured {key} {sweep.get(key)!r} but the scenario plans {key} "
                                  f"{wanted!r}: leakage does not transfer between {key}s. Sweep {wanted!r} or change the scenario.")
     grouped: dict[tuple[int, str, str], list[dict]] = {}
-    for row in read_frontier(frontier):
+    for row in read_frontier(frontier) if measured else read_predictions(predicted):
         if (row.get("compression") or "none") != "none" or (row.get("exits") or "none") != "none":
             continue  # adaptation cells; measured adaptations enter through compression_runs / exits_run
         strength = "" if row["strength"] is None else " ".join(filter(None, [row.get("strength_parameter"), f"{row['strength']:g}"]))
@@ -172,7 +177,7 @@ def load_sweep(folder: str | Path, model: str, dataset: str, threat_model: str =
         )
         for key, rows in grouped.items()
     }
-    return SweepResults(folder, outcomes)
+    return SweepResults(folder, outcomes, "measured" if measured else "predicted")
 
 
 def _largest(rows: list[dict], column: str) -> float:

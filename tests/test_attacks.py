@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -172,6 +173,19 @@ def test_early_stopping_says_whether_patience_or_the_epoch_cap_ended_the_fit():
                                     inputs[:16], torch.randn(16, 1), EarlyStopping(max_epochs=500, patience=2),
                                     torch.Generator().manual_seed(0))  # nothing to learn: patience ends it
     assert noise["stopped"] == "patience" and noise["epochs"] < 500
+
+
+def test_lr_patience_halves_the_rate_on_plateaus_and_a_constant_rate_stays():
+    from splitpriv.attacks.base import EarlyStopping, fit_with_early_stopping
+
+    torch.manual_seed(0)
+    inputs = torch.randn(64, 4)
+    fit = lambda lr_patience: fit_with_early_stopping(  # noqa: E731 -- nothing to learn: the held-out loss plateaus
+        torch.nn.Linear(4, 1), torch.nn.functional.mse_loss, inputs, torch.randn(64, 1), inputs[:16], torch.randn(16, 1),
+        EarlyStopping(max_epochs=500, patience=12, lr=1e-2, lr_patience=lr_patience), torch.Generator().manual_seed(0))
+    assert fit(None)["final_lr"] == 1e-2
+    halved = fit(2)["final_lr"]
+    assert halved <= 1e-2 / 4 and math.log2(1e-2 / halved) == pytest.approx(round(math.log2(1e-2 / halved)))
 
 
 # ----------------------------------------------------------------------------- run_attacks

@@ -321,6 +321,8 @@ CASES = [
     Case("unknown attack", lambda tmp, r, s: ["attack", "--run", str(r), "--attacks", "mind_reading"], "mind_reading"),
     Case("attack parameter of the wrong type", lambda tmp, r, s: ["attack", "--run", str(r), "--attacks", "decoder_inversion:lr=abc"],
          "lr"),
+    Case("attack lr_patience zero", lambda tmp, r, s: ["attack", "--run", str(r), "--attacks", "decoder_inversion:lr_patience=0"],
+         "lr_patience"),
     Case("attack parameter nan", lambda tmp, r, s: ["attack", "--run", str(r), "--attacks", "optimization_inversion:tv_weight=.nan"],
          "finite"),
     Case("attack spec without a name", lambda tmp, r, s: ["attack", "--run", str(r), "--attacks", ":x=1"], "NAME"),

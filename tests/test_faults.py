@@ -85,7 +85,7 @@ def test_results_files_are_as_readable_as_checkpoints(uninterrupted):
 SLOW_SWEEP = {"name": "long", "cuts": [1, 4], "workers": 2, "defenses": [{"name": "none"},
               {"name": "distance_correlation", "parameter": "weight", "strengths": [0.5]}],
               "training": {"epochs": 3}, "wandb": {"mode": "disabled"},
-              "attack": {"attacks": [{"name": "decoder_inversion", "capacity": "small", "max_epochs": 10}], "samples": 16,
+              "attack": {"attacks": [{"name": "decoder_inversion", "capacity": "small", "max_epochs": 3}], "samples": 16,
                          "dcor_samples": 16, "classifier_max_epochs": 1}}
 
 

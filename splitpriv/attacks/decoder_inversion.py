@@ -29,19 +29,20 @@ class DecoderInversion(Attack):
     fresh_queries = False  # one query per proxy image, as a passive server would record them
 
     def __init__(self, capacity: str = "large", max_epochs: int = 500, patience: int = 10, batch_size: int | None = None,
-                 lr: float = 2e-3, holdout_fraction: float = 0.1, min_delta: float = 1e-3):
+                 lr: float = 2e-3, holdout_fraction: float = 0.1, min_delta: float = 1e-3, lr_patience: int | None = None):
         if capacity not in CAPACITIES:
             raise ConfigError("capacity", capacity, f"one of {sorted(CAPACITIES)}")
-        for key, value in (("max_epochs", max_epochs), ("patience", patience), ("batch_size", batch_size)):
-            if not (is_int(value) and 1 <= value <= MAX_EPOCHS) and not (key == "batch_size" and value is None):
-                raise ConfigError(key, value, f"an integer in [1, {MAX_EPOCHS:,}]" + (" or null (auto)" if key == "batch_size" else ""))
+        for key, value, none_means in (("max_epochs", max_epochs, None), ("patience", patience, None),
+                                       ("batch_size", batch_size, "auto"), ("lr_patience", lr_patience, "a constant rate")):
+            if not (is_int(value) and 1 <= value <= MAX_EPOCHS) and not (none_means and value is None):
+                raise ConfigError(key, value, f"an integer in [1, {MAX_EPOCHS:,}]" + (f" or null ({none_means})" if none_means else ""))
         for key, value, ok, allowed in (("holdout_fraction", holdout_fraction, lambda v: 0 < v < 1, "a fraction in (0, 1)"),
                                         ("lr", lr, lambda v: v > 0, "a number > 0"),
                                         ("min_delta", min_delta, lambda v: v >= 0, "a number >= 0")):
             if not is_number(value) or not ok(value):
                 raise ConfigError(key, value, allowed)
         self.capacity = capacity
-        self.stopping = EarlyStopping(max_epochs, patience, min_delta, batch_size, lr, holdout_fraction)
+        self.stopping = EarlyStopping(max_epochs, patience, min_delta, batch_size, lr, holdout_fraction, lr_patience)
         self.decoder = None
         self._summary: dict = {}
 

@@ -16,7 +16,8 @@ FLAG_KEYS = {"slo_s": ("--slo-s",)}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="scenario YAML (see experiments/plan_*.yaml); default: Pi 4B -> V100, VGG16/CIFAR-10")
     parser.add_argument("--sweep", help="a sweep folder (frontier.csv + sweep.yaml) measuring leakage and accuracy "
-                                        "of the scenario's model; without it privacy is unknown")
+                                        "of the scenario's model, or one where 'splitpriv predict' wrote predicted.csv "
+                                        "(predicted leakage, said so in the output); without it privacy is unknown")
     parser.add_argument("--catalogue", action="append", default=[],
                         help="YAML adding or overriding devices, links and prices (repeatable; e.g. a "
                              "'splitpriv profile --calibrate' this_machine.yaml)")
@@ -45,16 +46,19 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/plan-{scenario.name}")
     write_plan_csv(result, out / "plan.csv")
     plot_plans(result, out / "plan.png", f"{scenario.name}: {scenario.model} on {scenario.dataset}")
-    _print_result(result, scenario, args.top)
+    _print_result(result, scenario, args.top, sweep.source if sweep else None)
     print(f"\nwrote {out / 'plan.csv'} ({len(result.plans)} plans) and {out / 'plan.png'}")
     return 0 if result.recommended else 1
 
 
-def _print_result(result, scenario, top: int) -> None:
+def _print_result(result, scenario, top: int, sweep_source: str | None) -> None:
     mode = "training" if scenario.training else "inference"
     print(f"scenario {scenario.name}: {scenario.model} on {scenario.dataset}, batch {scenario.batch_size}, {mode}; "
           f"{len(result.plans)} plans, {sum(p.feasible for p in result.plans)} feasible")
-    if result.with_privacy:
+    if result.with_privacy and sweep_source == "predicted":
+        print(f"privacy: the worst case against the {scenario.threat_model} adversary PREDICTED by splitpriv predict "
+              f"(no measured frontier.csv in the sweep folder; run 'splitpriv sweep' to measure it)")
+    elif result.with_privacy:
         print(f"privacy: the worst case against the {scenario.threat_model} adversary, measured by the sweep")
     if not result.with_privacy:
         print("privacy: UNKNOWN (no --sweep): planning on latency and cost only; run 'splitpriv sweep' for "

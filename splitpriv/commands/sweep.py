@@ -22,12 +22,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="discard the sweep folder's results and start afresh")
 
 
-def run(args: argparse.Namespace) -> int:
+def sweep_config(args: argparse.Namespace) -> SweepConfig:
+    """The sweep config of ``--config`` with the flags given on top (``sweep`` and ``predict`` share them)."""
     values = load_yaml(args.config) if args.config else {}
     given = [(item.key, getattr(args, item.dest)) for item in FLAGS] + [(DATA_ROOT, args.data_root)]
     for key, value in given:
         if value is not None:
             set_dotted(values, key, value)
-    rows = run_sweep(load_sweep_config(values), force=args.force)
+    return load_sweep_config(values)
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = run_sweep(sweep_config(args), force=args.force)
     print(format_table(rows))
     return 0

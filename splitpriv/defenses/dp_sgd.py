@@ -34,6 +34,7 @@ samples of a batch are refused (their gradient has no per-sample bound).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -52,6 +53,24 @@ from splitpriv.errors import ConfigError, SplitprivError
 log = logging.getLogger("splitpriv")
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 MIN_NOISE_MULTIPLIER = 0.1  # about 1e4 spent epsilon already for 1,000 steps at q = 0.03 (RDP)
+
+
+# Both are pure functions of their arguments, and slow (an RDP accountant evaluates a series per
+# order: ~0.35 s per epsilon on digits); every cut of a sweep, and every rehearsal of splitpriv
+# predict, asks a worker process for the same values again.
+@functools.lru_cache(maxsize=1024)
+def accounted_epsilon(accountant: str, history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """The epsilon that ``accountant`` spends over ``history`` ((noise multiplier, sample rate, steps), ...)."""
+    ledger = create_accountant(accountant)
+    ledger.history = [tuple(entry) for entry in history]
+    return ledger.get_epsilon(delta=delta)
+
+
+@functools.lru_cache(maxsize=64)
+def noise_multiplier_for(target_epsilon: float, delta: float, sample_rate: float, epochs: int, accountant: str) -> float:
+    """Opacus' smallest sigma that spends at most ``target_epsilon`` (its ValueError when none does)."""
+    return get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+                                epochs=epochs, accountant=accountant)
 
 
 @register_defense
@@ -153,9 +172,8 @@ class DPSGD(Defense, TrainingPrivatizer):
         object.__setattr__(self, "_grad_sample_module", GradSampleModule(module.client, batch_first=True, loss_reduction="mean"))
         if self.noise_multiplier is None:
             try:
-                self.noise_multiplier = get_noise_multiplier(
-                    target_epsilon=self.target_epsilon, target_delta=self.delta, sample_rate=self.sample_rate,
-                    epochs=module.trainer.max_epochs, accountant=self.accountant_name)
+                self.noise_multiplier = noise_multiplier_for(self.target_epsilon, self.delta, self.sample_rate,
+                                                             module.trainer.max_epochs, self.accountant_name)
             except ValueError as error:  # Opacus: "The privacy budget is too low."
                 raise ConfigError("target_epsilon", self.target_epsilon,
                                   f"a budget Opacus can reach in {module.trainer.max_epochs} epochs at sample rate "
@@ -179,7 +197,8 @@ class DPSGD(Defense, TrainingPrivatizer):
         return sum(steps for _, _, steps in self.accountant.history)
 
     def spent_epsilon(self) -> float:
-        return self.accountant.get_epsilon(delta=self.delta) if self.accountant.history else 0.0
+        history = tuple(tuple(entry) for entry in self.accountant.history)
+        return accounted_epsilon(self.accountant_name, history, self.delta) if history else 0.0
 
     def metrics(self) -> dict[str, float]:
         return {"epsilon_per_sample": self.spent_epsilon(), "delta_per_sample": self.delta, "steps": float(self.steps),

@@ -1,0 +1,63 @@
+"""How well ``splitpriv predict`` foresees a measured sweep, and what it costs.
+
+Runs ``splitpriv predict`` and ``splitpriv sweep`` on the same config (default: the default digits
+sweep) into one fresh folder, each timed, then prints from the folder's ``agreement.json``:
+
+- per threat model, the Spearman rank correlation over all cells between the measured worst-case MSE
+  and the prediction, and that of each signal alone (the linear decoder's MSE; dFIL: the unbiased
+  bound for noisy clients, 1 / Jacobian norm for deterministic ones): which one carries the prediction;
+- the predicted test accuracy's mean absolute error and rank correlation;
+- the prediction's wall time as a fraction of the sweep's (target <= 10 %).
+
+    python benchmarks/prediction_agreement.py                                    # digits: ~15 min on 2 cores
+    python benchmarks/prediction_agreement.py --config experiments/mnist_sweep.yaml --data-root ../shared/data
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="a sweep config (default: the default digits sweep)")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--out", default=None, help="parent folder of the sweep folder (default: a temporary one)")
+    parser.add_argument("--plot", default=None, help="also copy predicted_vs_measured.png here")
+    args = parser.parse_args()
+    out = Path(args.out or tempfile.mkdtemp(prefix="splitpriv-prediction-"))
+    shared = ["--out", str(out), "--wandb-mode", "disabled", *(["--config", args.config] if args.config else []),
+              *(["--data-root", args.data_root] if args.data_root else [])]
+    cli = [sys.executable, "-m", "splitpriv.cli"]
+    predict_s = timed([*cli, "predict", *shared])  # first: nothing measured exists yet
+    sweep_s = timed([*cli, "sweep", *shared])
+    timed([*cli, "predict", *shared])  # again, now beside the measured frontier: the agreement
+    folder = next(path.parent for path in out.glob("*/agreement.json"))
+    if args.plot:
+        shutil.copyfile(folder / "predicted_vs_measured.png", args.plot)
+    record = json.loads((folder / "agreement.json").read_text())
+    agreement = record["agreement"]
+    print(f"sweep {folder.name}: {agreement['cells']} cells; prediction from {record['rehearsals']} rehearsals on "
+          f"{record['rehearsal_samples']} public training images (the private runs train on {record['private_samples']})")
+    print(f"\n{'threat model':12s} {'Spearman: predicted':>20s} {'linear decoder':>15s} {'dFIL':>7s} {'cells':>6s}")
+    for model, row in agreement["threat_models"].items():
+        print(f"{model:12s} {row['spearman_predicted']:20.3f} {row['spearman_linear_decoder_mse']:15.3f} "
+              f"{row['spearman_fisher']:7.3f} {row['cells']:6d}")
+    print(f"\ntest accuracy: mean absolute error {agreement['accuracy_mae']:.3f}, Spearman {agreement['accuracy_spearman']:.3f}")
+    print(f"wall time: predict {predict_s:.0f} s, sweep {sweep_s:.0f} s; predict / sweep = {predict_s / sweep_s:.1%} (target <= 10 %)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,366 @@
+"""Predict a sweep's frontier before any private data is trained on (the survey's open issue, Sec. 3.2.3).
+
+How much a cell (cut, defense, strength) leaks, and what accuracy it costs, is known only once the
+cell is trained on the private data and attacked. ``predict`` estimates both for every cell of a
+sweep's grid from the proxy images alone (the attacker's data, disjoint from the private data) by a
+**rehearsal**: the cell's training run on a small public stand-in of the private set, then three
+cheap signals:
+
+* ``linear_decoder_mse`` / ``_ssim``: a ridge regression from the rehearsal client's messages (as
+  deployed: noise included) to the images, fitted on the rehearsal's attacker proxy and scored on its
+  test images. The predicted worst-case MSE and SSIM of every threat model.
+* ``fisher``: dFIL (Maeng et al. 2023, :mod:`splitpriv.fisher_leakage`) of the rehearsal client: for a
+  noisy client the least MSE of any unbiased attacker, 1 / dFIL; for a deterministic one
+  ||J_f||_F^2 / d, how much the message moves with its input (a ranking signal only).
+* ``rehearsal_accuracy``: the rehearsal model's test accuracy, scaled to the private set's size by the
+  undefended learning curve: with the undefended rehearsal's error e(n) at n and n/2 training images,
+  e(n) = b n^-c gives c = log2(e(n/2) / e(n)), the undefended private accuracy is
+  A = 1 - e(n) (N / n)^-c (N: ``private_samples``), and each cell keeps its rehearsal ratio to the
+  undefended rehearsal: predicted accuracy = A * acc_cell / acc_undefended.
+
+The rehearsal trains with the private run's settings, its batches scaled to keep the private run's
+sampling rate and number of steps (:func:`rehearsal_run_config`). When the folder also holds the measured ``frontier.csv`` of the same sweep,
+``predicted_vs_measured.png`` and ``agreement.json`` say how well each signal ranks the truth.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from concurrent.futures import as_completed
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from splitpriv.attack_suite import _frozen
+from splitpriv.attacks.metrics import reconstruction_metrics
+from splitpriv.attacks.threat_models import THREAT_MODELS
+from splitpriv.config import RunConfig
+from splitpriv.data import SplitData
+from splitpriv.errors import SplitprivError
+from splitpriv.executors import cell_executor, inline_executor
+from splitpriv.experiment import train
+from splitpriv.fisher_leakage import jacobian_norm_sq
+from splitpriv.models import build_model
+from splitpriv.provenance import provenance
+from splitpriv.store import atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_yaml, pyplot
+from splitpriv.sweep import (FRONTIER_CSV, NO_DEFENSE, SWEEP_FILE, Cell, SweepConfig, _check_folder, _splits, _worker_setup,
+                             base_run_config, cell_run_config, grid)
+from splitpriv.workers import exclusive_sweep_folder
+
+PREDICTED_CSV, PREDICTED_PNG, AGREEMENT_FILE, REHEARSAL_DIR = "predicted.csv", "predicted_vs_measured.png", "agreement.json", "rehearsal"
+# the proxy images' roles in a rehearsal (the attacker's proxy of the rehearsal last)
+REHEARSAL_SHARES = {"private_train": 0.6, "val": 0.1, "private_test": 0.15, "proxy": 0.15}
+SIGNALS = ["rehearsal_accuracy", "linear_decoder_mse", "linear_decoder_ssim", "fisher", "fisher_kind"]
+PREDICTED_COLUMNS = ["key", "cut_layer", "cut_name", "defense", "strength", "strength_parameter", "seed", "compression", "exits",
+                     "predicted_test_accuracy",
+                     *(f"predicted_worst_{metric}_{model}" for model in THREAT_MODELS for metric in ("mse", "ssim")),
+                     *SIGNALS, "rehearsal_time_s"]
+HALF = "-rehearsal-half"  # the training key's suffix of the undefended rehearsal on half the training share
+
+
+def rehearsal_splits(data: SplitData, seed: int, train_share: float = 1.0) -> SplitData:
+    """The proxy images of ``data`` divided into a rehearsal's roles (:data:`REHEARSAL_SHARES`);
+    ``train_share`` keeps that share of the rehearsal's training images (the learning curve)."""
+    order = torch.randperm(len(data.proxy), generator=torch.Generator().manual_seed(seed + 104729))
+    bounds, start, roles = [], 0, {}
+    for role, share in REHEARSAL_SHARES.items():
+        count = max(2, round(share * len(order)))
+        roles[role] = data.proxy.subset(order[start:start + count])
+        start += count
+        bounds.append(start)
+    if start > len(order):
+        raise SplitprivError(f"{len(order)} proxy images are too few for a rehearsal (it needs at least "
+                             f"{start}); raise data.proxy_fraction or data.proxy_size")
+    roles["private_train"] = roles["private_train"].subset(torch.arange(max(2, round(train_share * len(roles["private_train"])))))
+    return SplitData(data.info, roles["private_train"], roles["val"], roles["private_test"], roles["proxy"],
+                     {"proxy_source": "rehearsal: held-out slices of the proxy", **{r: len(s) for r, s in roles.items()}}, {})
+
+
+def rehearsal_run_config(cfg: SweepConfig, cell: Cell, private_samples: int, rehearsal_samples: int, out: Path) -> RunConfig:
+    """The cell's run config as the sweep trains it, on a rehearsal of ``rehearsal_samples`` training
+    images standing in for ``private_samples``: batches of B n / N keep the private run's sampling
+    rate and number of steps (so DP-SGD's accounting, its noise multiplier and every epoch-counted
+    schedule are the private run's); no wandb; its folder under ``out``."""
+    run_cfg = cell_run_config(cfg, cell, cell.cut_layer)
+    batch_size = max(2, round(run_cfg.training.batch_size * rehearsal_samples / private_samples))
+    return dataclasses.replace(run_cfg, out=str(out), training=dataclasses.replace(run_cfg.training, batch_size=batch_size),
+                               wandb=dataclasses.replace(run_cfg.wandb, mode="disabled"))
+
+
+def linear_decoder_leakage(proxy_messages: torch.Tensor, proxy_images: torch.Tensor, test_messages: torch.Tensor,
+                           test_images: torch.Tensor) -> dict[str, float]:
+    """MSE and SSIM of a ridge regression from messages to images (its penalty chosen by leave-one-out
+    on the proxy), fitted on the proxy and scored on the test images; images in [0, 1]."""
+    from sklearn.linear_model import RidgeCV
+
+    ridge = RidgeCV(alphas=[10.0 ** k for k in range(-3, 5)]).fit(proxy_messages.flatten(1).double().numpy(),
+                                                               proxy_images.flatten(1).double().numpy())
+    predicted = torch.from_numpy(ridge.predict(test_messages.flatten(1).double().numpy())).float()
+    metrics = reconstruction_metrics(predicted.clamp(0, 1).view_as(test_images), test_images)
+    return {"linear_decoder_mse": metrics["mse"], "linear_decoder_ssim": metrics["ssim"]}
+
+
+def fisher_signal(module, data: SplitData, images: torch.Tensor, seed: int) -> tuple[float, str]:
+    """(1 / dFIL, 'unbiased_mse_bound') for a client adding noise; (||J_f||_F^2 / d, 'jacobian') otherwise."""
+    noise = [t.noise_model() for t in module.active_transforms(training=False) if t.noise_model() is not None]
+    client = lambda pixels: module.send(data.normalize(pixels), training=False, noisy=False)[1]  # noqa: E731
+    norm = jacobian_norm_sq(client, images, probes=4, generator=torch.Generator().manual_seed(seed)) / images[0].numel()
+    if not noise:
+        return float(norm.mean()), "jacobian"
+    scale_sq = sum(2 * m.scale ** 2 if m.family == "laplace" else m.scale ** 2 for m in noise)
+    return float((scale_sq / norm).mean()), "unbiased_mse_bound"
+
+
+def rehearse(cfg: SweepConfig, cells: list[Cell], sweep_dir: Path, private_samples: int, train_share: float = 1.0,
+             training_key: str | None = None) -> list[dict]:
+    """Train the rehearsal that ``cells`` share (one training key) and measure each cell's signals."""
+    started = time.perf_counter()
+    _worker_setup(cfg)
+    first = cells[0]
+    data = rehearsal_splits(_splits(dataclasses.replace(base_run_config(cfg), seed=first.seed)), first.seed, train_share)
+    run_cfg = rehearsal_run_config(cfg, first, private_samples, len(data.private_train), sweep_dir / REHEARSAL_DIR)
+    run_cfg = dataclasses.replace(run_cfg, name=training_key or first.training_key)
+    trained = train(run_cfg, force=True, data=data)
+    trained_s = time.perf_counter() - started
+    proxy_images, test_images = (data.proxy.images.float() / 255, data.private_test.images.float() / 255)
+    rows = []
+    for cell in cells:
+        cell_started = time.perf_counter()
+        run = trained if cell.trained_at_its_cut or cell.cut_layer == trained.cut_layer else trained.recut(cell.cut_layer)
+        with _frozen(run.module.eval()), torch.no_grad():
+            proxy_messages = run.module.send(data.normalize(proxy_images), training=False)[1]
+            test_messages = run.module.send(data.normalize(test_images), training=False)[1]
+        with _frozen(run.module):
+            fisher, kind = fisher_signal(run.module, data, test_images, cell.seed)
+        rows.append({"key": cell.key, "rehearsal_accuracy": trained.metrics["test_accuracy"],
+                     **linear_decoder_leakage(proxy_messages, proxy_images, test_messages, test_images),
+                     "fisher": fisher, "fisher_kind": kind,
+                     "rehearsal_time_s": time.perf_counter() - cell_started + trained_s / len(cells)})
+    return rows
+
+
+def undefended_accuracy(full: float, half: float, private_samples: int, rehearsal_samples: int) -> float:
+    """The undefended private accuracy from the rehearsal's learning curve (module docstring):
+    A = 1 - e(n) (N / n)^-c, c = log2(e(n/2) / e(n)) clipped to [0, 1]."""
+    error, half_error = max(1 - full, 1e-6), max(1 - half, 1e-6)
+    exponent = min(max(math.log2(half_error / error), 0.0), 1.0)
+    return 1 - error * (private_samples / rehearsal_samples) ** -exponent
+
+
+def predict(cfg: SweepConfig, *, force: bool = False, progress: Callable[[str], None] = print) -> list[dict]:
+    """Rehearse every training of ``cfg``'s grid, write ``predicted.csv`` into the sweep folder, and
+    compare with its measured frontier when there is one. A folder that holds the predictions of the
+    same config keeps them (``force``: rehearse again); the comparison is redone. Returns the
+    predicted rows in grid order."""
+    started = time.perf_counter()
+    _worker_setup(cfg)
+    data = _splits(dataclasses.replace(base_run_config(cfg), seed=cfg.seeds[0]))
+    model = build_model(cfg.model, data.info.num_classes, data.info.in_channels, data.info.image_size)
+    cells = grid(cfg, model.cut_points(data.info.input_shape))
+    sweep_dir = Path(cfg.out) / cfg.sweep_name()
+    resolved = json.loads(json.dumps(dataclasses.asdict(dataclasses.replace(cfg, name=cfg.sweep_name()))))
+    with exclusive_sweep_folder(sweep_dir):
+        _check_folder(sweep_dir, resolved, force=False)
+        if not (sweep_dir / SWEEP_FILE).exists():  # a later sweep of the same config resumes into this folder
+            atomic_write_yaml(sweep_dir / SWEEP_FILE, resolved)
+        record_path = sweep_dir / AGREEMENT_FILE
+        if (sweep_dir / PREDICTED_CSV).exists() and record_path.exists() and not force:
+            progress(f"predict {cfg.sweep_name()}: the predictions in {sweep_dir / PREDICTED_CSV} (--force rehearses again)")
+            rows, record = _numbers(sweep_dir / PREDICTED_CSV), json.loads(record_path.read_text())
+        else:
+            rows = _rehearsed_rows(cfg, cells, data, sweep_dir, progress)
+            record = {"provenance": provenance(), "wall_s": time.perf_counter() - started, "cells": len(cells),
+                      "rehearsals": len({c.training_key for c in cells}) + len(cfg.seeds),
+                      "private_samples": len(data.private_train),
+                      "rehearsal_samples": len(rehearsal_splits(data, 0).private_train)}
+            atomic_write_csv(sweep_dir / PREDICTED_CSV, rows, PREDICTED_COLUMNS)
+            progress(f"predicted in {record['wall_s']:.0f}s")
+        if (sweep_dir / FRONTIER_CSV).exists():
+            record["agreement"] = agreement(rows, sweep_dir / FRONTIER_CSV)
+            save_agreement_plot(rows, sweep_dir / FRONTIER_CSV, sweep_dir / PREDICTED_PNG)
+        atomic_write_json(record_path, record)
+    return rows
+
+
+def _rehearsed_rows(cfg: SweepConfig, cells: list[Cell], data: SplitData, sweep_dir: Path,
+                    progress: Callable[[str], None]) -> list[dict]:
+    """Every cell's signals and predictions, from a rehearsal per training key and each seed's half-data one."""
+    private_samples = len(data.private_train)
+    groups: dict[str, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.training_key, []).append(cell)
+    # the learning curve's second point: each seed's undefended rehearsal on half the training images
+    halves = {f"{NO_DEFENSE}{HALF}-seed{seed}": dataclasses.replace(
+        next(c for c in cells if c.seed == seed), defense=NO_DEFENSE, strength=None, defense_specs=[], transform_specs=[],
+        compression=NO_DEFENSE) for seed in cfg.seeds}
+    progress(f"predict {cfg.sweep_name()}: {len(cells)} cells, {len(groups) + len(halves)} rehearsals on "
+             f"{len(data.proxy)} proxy images -> {sweep_dir / PREDICTED_CSV}")
+    signals, half_accuracy = _rehearse_all(cfg, groups, halves, sweep_dir, private_samples, progress)
+    rehearsal_samples = len(rehearsal_splits(data, 0).private_train)
+    rows = []
+    for cell in cells:
+        undefended = signals.get(dataclasses.replace(cell, defense=NO_DEFENSE, strength=None, defense_specs=[]).key)
+        row = {"key": cell.key, **cell.labels(), **signals[cell.key]}
+        row["predicted_test_accuracy"] = _predicted_accuracy(row, undefended, half_accuracy.get(cell.seed),
+                                                             private_samples, rehearsal_samples)
+        for model_name in THREAT_MODELS:
+            row[f"predicted_worst_mse_{model_name}"] = row["linear_decoder_mse"]
+            row[f"predicted_worst_ssim_{model_name}"] = row["linear_decoder_ssim"]
+        rows.append(row)
+    return rows
+
+
+def _numbers(path: Path) -> list[dict]:
+    """A CSV's rows with numbers as numbers and empty fields as None."""
+    import csv
+
+    def value(text: str):
+        if text == "":
+            return None
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _predicted_accuracy(row: dict, undefended: dict | None, half: float | None, private_samples: int,
+                        rehearsal_samples: int) -> float:
+    if undefended is None or half is None:
+        return row["rehearsal_accuracy"]
+    base = undefended["rehearsal_accuracy"]
+    target = undefended_accuracy(base, half, private_samples, rehearsal_samples)
+    return min(1.0, target * row["rehearsal_accuracy"] / max(base, 1e-6))
+
+
+def _rehearse_all(cfg: SweepConfig, groups: dict[str, list[Cell]], halves: dict[str, Cell], sweep_dir: Path,
+                  private_samples: int, progress: Callable[[str], None]) -> tuple[dict[str, dict], dict[int, float]]:
+    """Every rehearsal on the sweep's executor: the signals by cell key, and each seed's half-data accuracy."""
+    signals: dict[str, dict] = {}
+    half_accuracy: dict[int, float] = {}
+    workers = min(cfg.workers, len(groups) + len(halves))
+    inline = cfg.executor == "local" and workers == 1
+    with (inline_executor() if inline else cell_executor(cfg.executor, workers, sweep_dir, address=cfg.address,
+                                                         cpus=cfg.cell_cpus, gpus=cfg.cell_gpus)) as executor:
+        futures = {executor.submit(rehearse, cfg, group, sweep_dir, private_samples): key for key, group in groups.items()}
+        futures.update({executor.submit(rehearse, cfg, [cell], sweep_dir, private_samples, 0.5, key): key
+                        for key, cell in halves.items()})
+        for done, future in enumerate(futures if inline else as_completed(futures), 1):
+            key = futures[future]
+            rows = future.result()
+            if key in halves:
+                half_accuracy[halves[key].seed] = rows[0]["rehearsal_accuracy"]
+            else:
+                signals.update({row["key"]: row for row in rows})
+            progress(f"rehearsal {done}/{len(futures)} {key}: accuracy {rows[0]['rehearsal_accuracy']:.3f}")
+    return signals, half_accuracy
+
+
+# ----------------------------------------------------------------------------- agreement with a measured sweep
+
+
+def _measured(frontier: Path) -> dict[str, dict]:
+    import csv
+
+    with frontier.open() as handle:
+        rows = list(csv.DictReader(handle))
+    return {Cell(int(r["cut_layer"]), r["cut_name"], r["defense"], float(r["strength"]) if r["strength"] else None,
+                 int(r["seed"]), [], compression=r["compression"], exits=r["exits"]).key: r for r in rows}
+
+
+def agreement(rows: list[dict], frontier: Path) -> dict:
+    """Spearman rank correlation of predicted and measured worst-case MSE per threat model (and of
+    each signal), and the predicted accuracy's mean absolute error, over the cells both hold."""
+    from scipy.stats import spearmanr
+
+    measured = _measured(frontier)
+    both = [row for row in rows if row["key"] in measured]
+    record = {"cells": len(both), "threat_models": {}}
+    for model_name in THREAT_MODELS:
+        truth = [_float(measured[r["key"]].get(f"worst_mse_{model_name}")) for r in both]
+        pairs = [(r, t) for r, t in zip(both, truth) if t is not None]
+        if len(pairs) < 3:
+            continue
+        values = [t for _, t in pairs]
+        record["threat_models"][model_name] = {
+            "spearman_predicted": _spearman(spearmanr, [r[f"predicted_worst_mse_{model_name}"] for r, _ in pairs], values),
+            "spearman_linear_decoder_mse": _spearman(spearmanr, [r["linear_decoder_mse"] for r, _ in pairs], values),
+            # a larger Jacobian norm leaks more, a larger bound less: ranked so both agree with the MSE's direction
+            "spearman_fisher": _spearman(spearmanr, [r["fisher"] if r["fisher_kind"] == "unbiased_mse_bound" else 1 / max(r["fisher"], 1e-30)
+                                                     for r, _ in pairs], values),
+            "cells": len(pairs)}
+    accuracy = [(r["predicted_test_accuracy"], float(measured[r["key"]]["test_accuracy"])) for r in both]
+    record["accuracy_mae"] = sum(abs(p - m) for p, m in accuracy) / len(accuracy)
+    record["accuracy_spearman"] = _spearman(spearmanr, [p for p, _ in accuracy], [m for _, m in accuracy])
+    return record
+
+
+def _float(value) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
+def _spearman(spearmanr, predicted: list[float], measured: list[float]) -> float:
+    """nan when either side is constant (no ranking to compare)."""
+    if len(set(predicted)) < 2 or len(set(measured)) < 2:
+        return math.nan
+    return float(spearmanr(predicted, measured).statistic)
+
+
+def save_agreement_plot(rows: list[dict], frontier: Path, path: Path) -> None:
+    """One panel per threat model (predicted against measured worst-case MSE, log scales) and one for accuracy."""
+    plt = pyplot()
+    measured = _measured(frontier)
+    both = [row for row in rows if row["key"] in measured]
+    defenses = sorted({r["defense"] for r in both})
+    colours = {d: plt.get_cmap("tab10")(i) for i, d in enumerate(defenses)}
+    figure, axes = plt.subplots(1, len(THREAT_MODELS) + 1, figsize=(4 * (len(THREAT_MODELS) + 1), 3.8))
+    panels = [(f"worst-case MSE, {m}", f"predicted_worst_mse_{m}", f"worst_mse_{m}", True) for m in THREAT_MODELS]
+    panels.append(("test accuracy", "predicted_test_accuracy", "test_accuracy", False))
+    for axis, (title, predicted_key, measured_key, log) in zip(axes, panels):
+        for defense in defenses:
+            points = [(r[predicted_key], _float(measured[r["key"]].get(measured_key))) for r in both if r["defense"] == defense]
+            points = [(p, m) for p, m in points if m is not None]
+            axis.scatter([p for p, _ in points], [m for _, m in points], s=18, color=colours[defense], label=defense)
+        if log:
+            axis.set_xscale("log")
+            axis.set_yscale("log")
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("measured")
+    axes[-1].plot([0, 1], [0, 1], color="grey", linewidth=0.8)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    atomic_save_figure(figure, path)
+
+
+def format_predictions(rows: list[dict]) -> str:
+    """The predictions as a plain table, one line per cell."""
+    header = f"{'cell':40s} {'accuracy':>8s} " + " ".join(f"{'mse ' + m:>14s}" for m in THREAT_MODELS)
+    lines = [header] + [f"{r['key']:40s} {r['predicted_test_accuracy']:8.3f} "
+                        + " ".join(f"{r[f'predicted_worst_mse_{m}']:14.4f}" for m in THREAT_MODELS) for r in rows]
+    return "\n".join(lines)
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """``predicted.csv`` as frontier rows (``test_accuracy``, ``worst_mse_<threat model>``, ...), which
+    the planner weighs like a measured frontier."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        return [{"cut_layer": int(r["cut_layer"]), "defense": r["defense"], "strength": _float(r["strength"]),
+                 "strength_parameter": r["strength_parameter"] or None, "compression": r["compression"], "exits": r["exits"],
+                 "test_accuracy": float(r["predicted_test_accuracy"]),
+                 **{f"worst_{metric}_{model}": float(r[f"predicted_worst_{metric}_{model}"])
+                    for model in THREAT_MODELS for metric in ("mse", "ssim")}} for r in rows]
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError) as error:
+        raise SplitprivError(f"{path} is not a predicted.csv of 'splitpriv predict' ({type(error).__name__}: {error}); "
+                             f"rerun splitpriv predict to rewrite it") from None

@@ -1,0 +1,134 @@
+"""splitpriv predict: rehearsals on proxy data only, the signals, the agreement with a measured sweep, the planner."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+
+import pytest
+import yaml
+
+from splitpriv.cli import main
+from splitpriv.data import DataConfig, make_splits
+from splitpriv.prediction import PREDICTED_CSV, agreement, linear_decoder_leakage, predict, read_predictions, rehearsal_splits
+from splitpriv.sweep import load_sweep_config
+
+from conftest import assert_higher
+
+TINY = {"cuts": ["relu1"], "seeds": [0, 1, 2], "training": {"epochs": 3}, "wandb": {"mode": "disabled"},
+        "attack": {"attacks": [{"name": "decoder_inversion", "capacity": "small", "max_epochs": 20}], "samples": 64,
+                   "dcor_samples": 64, "classifier_max_epochs": 1},
+        "defenses": [{"name": "none"}, {"name": "dp_noise", "parameter": "epsilon", "strengths": [8.0],
+                                        "params": {"mechanism": "laplace", "clip": "median"}}]}
+
+
+def _hashes(images) -> set[str]:
+    return {hashlib.sha1(image.numpy().tobytes()).hexdigest() for image in images}
+
+
+def test_a_rehearsal_holds_proxy_images_only_each_role_disjoint():
+    data = make_splits(DataConfig(), seed=0)
+    rehearsal = rehearsal_splits(data, seed=0)
+    roles = [rehearsal.private_train, rehearsal.val, rehearsal.private_test, rehearsal.proxy]
+    proxy, private = _hashes(data.proxy.images), _hashes(data.private_train.images) | _hashes(data.private_test.images)
+    seen: set[str] = set()
+    for role in roles:
+        hashes = _hashes(role.images)
+        assert hashes <= proxy and not hashes & private and not hashes & seen
+        seen |= hashes
+    assert len(rehearsal_splits(data, seed=0, train_share=0.5).private_train) == round(len(rehearsal.private_train) / 2)
+
+
+def test_the_linear_decoder_recovers_an_invertible_message_and_not_noise():
+    import torch
+
+    torch.manual_seed(0)
+    images = torch.rand(200, 1, 8, 8)
+    mixing = torch.randn(64, 64)
+    invertible = linear_decoder_leakage(images[:150].flatten(1) @ mixing, images[:150], images[150:].flatten(1) @ mixing, images[150:])
+    noise = linear_decoder_leakage(torch.randn(150, 64), images[:150], torch.randn(50, 64), images[150:])
+    assert invertible["linear_decoder_mse"] < 1e-3 < noise["linear_decoder_mse"]
+    assert noise["linear_decoder_mse"] == pytest.approx(float(images[150:].var(0, unbiased=False).mean()), rel=0.25)
+
+
+def _frontier(path, rows, values):
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["cut_layer", "cut_name", "defense", "strength", "seed", "compression", "exits",
+                                         "test_accuracy", "worst_mse_passive", "worst_mse_black_box", "worst_mse_white_box"])
+        writer.writeheader()
+        for row, value in zip(rows, values):
+            writer.writerow({**{k: row[k] for k in ("cut_layer", "cut_name", "defense", "seed", "compression", "exits")},
+                             "strength": row["strength"] or "", "test_accuracy": 0.9, "worst_mse_passive": value,
+                             "worst_mse_black_box": value, "worst_mse_white_box": value})
+
+
+def test_agreement_is_the_rank_correlation_over_the_cells_both_hold(tmp_path):
+    rows = [{"key": f"cut{i}-none-seed0", "cut_layer": i, "cut_name": f"c{i}", "defense": "none", "strength": None, "seed": 0,
+             "compression": "none", "exits": "none", "linear_decoder_mse": 0.01 * (i + 1), "fisher": 1.0 / (i + 1),
+             "fisher_kind": "jacobian", "predicted_test_accuracy": 0.9,
+             **{f"predicted_worst_mse_{m}": 0.01 * (i + 1) for m in ("passive", "black_box", "white_box")}} for i in range(6)]
+    _frontier(tmp_path / "same.csv", rows, [0.1 * (i + 1) ** 2 for i in range(6)])  # monotone: rank correlation 1
+    _frontier(tmp_path / "reversed.csv", rows[:5], [1.0 / (i + 1) for i in range(5)])
+    same, reverse = agreement(rows, tmp_path / "same.csv"), agreement(rows, tmp_path / "reversed.csv")
+    assert same["threat_models"]["white_box"]["spearman_predicted"] == pytest.approx(1.0)
+    assert same["threat_models"]["white_box"]["spearman_fisher"] == pytest.approx(1.0)
+    assert (reverse["cells"], reverse["threat_models"]["passive"]["spearman_predicted"]) == (5, pytest.approx(-1.0))
+    assert same["accuracy_mae"] == pytest.approx(0.0)
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("predict")
+    rows = predict(load_sweep_config({**TINY, "out": str(out), "name": "tiny"}), progress=lambda line: None)
+    return out / "tiny", rows
+
+
+def test_predict_writes_every_cell_and_noise_predicts_more_mse_over_seeds(predicted):
+    folder, rows = predicted
+    written = list(csv.DictReader((folder / PREDICTED_CSV).open()))
+    assert [r["key"] for r in written] == [r["key"] for r in rows] and len(rows) == 6
+    noisy = [r["predicted_worst_mse_black_box"] for r in rows if r["defense"] == "dp_noise"]
+    plain = [r["predicted_worst_mse_black_box"] for r in rows if r["defense"] == "none"]
+    assert_higher(noisy, plain, "dp_noise's predicted MSE over the undefended one")
+    assert {r["fisher_kind"] for r in rows if r["defense"] == "dp_noise"} == {"unbiased_mse_bound"}
+    assert all(0 <= r["predicted_test_accuracy"] <= 1 for r in rows)
+    assert not list(folder.glob("train")), "a prediction trains nothing on the private data"
+
+
+def test_the_planner_weighs_predictions_and_says_so(predicted, tmp_path, capsys):
+    folder, _ = predicted
+    assert {row["defense"] for row in read_predictions(folder / PREDICTED_CSV)} == {"none", "dp_noise"}
+    config = tmp_path / "scenario.yaml"
+    config.write_text(yaml.safe_dump({"name": "t", "model": "small_cnn", "dataset": "digits",
+                                      "chain": ["raspberry_pi_4b", "v100"], "links": ["wifi"], "slo_s": 1.0}))
+    assert main(["plan", "--config", str(config), "--sweep", str(folder), "--out", str(tmp_path / "plan")]) == 0
+    assert "PREDICTED by splitpriv predict" in capsys.readouterr().out
+
+
+def test_predict_refuses_a_folder_of_another_sweep(predicted, capsys):
+    folder, _ = predicted
+    assert main(["predict", "--out", str(folder.parent), "--name", "tiny"]) == 2
+    assert "another config" in capsys.readouterr().err
+
+
+def test_tune_trains_the_predicted_choice_once_and_reports_how_close_it_landed(predicted, capsys):
+    folder, rows = predicted
+    noisy = min(r["predicted_worst_mse_black_box"] for r in rows if r["defense"] == "dp_noise")
+    plain = max(r["predicted_worst_mse_black_box"] for r in rows if r["defense"] == "none")
+    target = (noisy + plain) / 2  # only the noisy setting is predicted to leave this much error
+    config = folder.parent / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    args = ["tune", "--config", str(config), "--out", str(folder.parent), "--name", "tiny", "--threat-model", "black_box",
+            "--max-accuracy-drop", "1"]
+    code = main([*args, "--target-mse", str(target)])
+    record = json.loads((folder / "tune" / "tune.json").read_text())
+    assert record["chosen"]["defense"] == "dp_noise" and code == (0 if record["target_met"] else 1)
+    assert record["measured"]["worst_mse"] == pytest.approx(record["mse_ratio_to_target"] * target)
+    assert len(list((folder / "tune").glob("*/metrics.json"))) == 1, "one private training"
+    assert "chosen from predictions: cut 1, dp_noise 8" in capsys.readouterr().out
+
+    (folder / "tune" / "tune.json").unlink()
+    assert main([*args, "--target-mse", str(10 * noisy)]) == 1
+    assert "INFEASIBLE" in capsys.readouterr().out and json.loads((folder / "tune" / "tune.json").read_text())["chosen"] is None
+    assert main([*args, "--target-mse", "-1"]) == 2
+    assert "target_mse" in capsys.readouterr().err
