@@ -54,8 +54,7 @@ PAGES = {
         "`splitpriv sweep` with no arguments: small_cnn on the 8x8 digits, every cut, each default defense, the "
         "default attack set; mean over seeds (one seed by default).",
         sweep="splitpriv sweep --out {out}", sweep_folder="digits-small_cnn-sweep", cheap=False,
-        readme="--cuts relu1 pool relu3 --metrics test_accuracy worst_mse_passive worst_mse_black_box worst_mse_white_box "
-               "message_dp_epsilon_per_sample parameter_dp_epsilon_per_sample"),
+        readme="--cuts relu1 pool relu3 --metrics test_accuracy worst_mse_passive worst_mse_black_box worst_mse_white_box"),
     "mnist-frontier": Page(
         "MNIST frontier, three seeds",
         "`experiments/mnist_frontier_sweep.yaml`: the classic MNIST CNN at its shallowest and deepest feature cut, "

@@ -19,7 +19,7 @@ cheap signals:
   undefended rehearsal: predicted accuracy = A * acc_cell / acc_undefended.
 
 The rehearsal trains with the private run's settings, its batches scaled to keep the private run's
-sampling rate and number of steps (:func:`rehearsal_run_config`). When the folder also holds the measured ``frontier.csv`` of the same sweep,
+sampling rate and steps per epoch, for a share of its epochs (:func:`rehearsal_run_config`). When the folder also holds the measured ``frontier.csv`` of the same sweep,
 ``predicted_vs_measured.png`` and ``agreement.json`` say how well each signal ranks the truth.
 """
 from __future__ import annotations
@@ -39,8 +39,10 @@ from splitpriv.attacks.metrics import reconstruction_metrics
 from splitpriv.attacks.threat_models import THREAT_MODELS
 from splitpriv.config import RunConfig
 from splitpriv.data import SplitData
-from splitpriv.errors import SplitprivError
-from splitpriv.executors import cell_executor, inline_executor
+from splitpriv.defenses import build_defense
+from splitpriv.cut import is_number
+from splitpriv.errors import ConfigError, SplitprivError
+from splitpriv.executors import cell_executor, inline_executor, submit
 from splitpriv.experiment import train
 from splitpriv.fisher_leakage import jacobian_norm_sq
 from splitpriv.models import build_model
@@ -53,6 +55,9 @@ from splitpriv.workers import exclusive_sweep_folder
 PREDICTED_CSV, PREDICTED_PNG, AGREEMENT_FILE, REHEARSAL_DIR = "predicted.csv", "predicted_vs_measured.png", "agreement.json", "rehearsal"
 # the proxy images' roles in a rehearsal (the attacker's proxy of the rehearsal last)
 REHEARSAL_SHARES = {"private_train": 0.6, "val": 0.1, "private_test": 0.15, "proxy": 0.15}
+# the share of the private run's epochs a rehearsal trains: on the default digits grid 0.5 keeps the
+# prediction under 10 % of the sweep's time; 1.0 halves the accuracy's error (docs/prediction.md)
+EPOCHS_SHARE = 0.5
 SIGNALS = ["rehearsal_accuracy", "linear_decoder_mse", "linear_decoder_ssim", "fisher", "fisher_kind"]
 PREDICTED_COLUMNS = ["key", "cut_layer", "cut_name", "defense", "strength", "strength_parameter", "seed", "compression", "exits",
                      "predicted_test_accuracy",
@@ -79,14 +84,20 @@ def rehearsal_splits(data: SplitData, seed: int, train_share: float = 1.0) -> Sp
                      {"proxy_source": "rehearsal: held-out slices of the proxy", **{r: len(s) for r, s in roles.items()}}, {})
 
 
-def rehearsal_run_config(cfg: SweepConfig, cell: Cell, private_samples: int, rehearsal_samples: int, out: Path) -> RunConfig:
+def rehearsal_run_config(cfg: SweepConfig, cell: Cell, private_samples: int, rehearsal_samples: int, out: Path,
+                         epochs_share: float = EPOCHS_SHARE) -> RunConfig:
     """The cell's run config as the sweep trains it, on a rehearsal of ``rehearsal_samples`` training
     images standing in for ``private_samples``: batches of B n / N keep the private run's sampling
-    rate and number of steps (so DP-SGD's accounting, its noise multiplier and every epoch-counted
-    schedule are the private run's); no wandb; its folder under ``out``."""
+    rate, so an epoch has the private run's number of steps; ``epochs_share`` of its epochs; each
+    defense's :meth:`~splitpriv.defenses.base.Defense.rehearsal_spec` (DP-SGD keeps the private run's
+    noise multiplier); no wandb; its folder under ``out``."""
     run_cfg = cell_run_config(cfg, cell, cell.cut_layer)
-    batch_size = max(2, round(run_cfg.training.batch_size * rehearsal_samples / private_samples))
-    return dataclasses.replace(run_cfg, out=str(out), training=dataclasses.replace(run_cfg.training, batch_size=batch_size),
+    training = run_cfg.training
+    specs = [build_defense(spec).rehearsal_spec(spec, private_samples, training.batch_size, training.epochs)
+             for spec in run_cfg.defenses]
+    training = dataclasses.replace(training, batch_size=max(2, round(training.batch_size * rehearsal_samples / private_samples)),
+                                   epochs=max(1, round(epochs_share * training.epochs)))
+    return dataclasses.replace(run_cfg, out=str(out), training=training, defenses=specs,
                                wandb=dataclasses.replace(run_cfg.wandb, mode="disabled"))
 
 
@@ -114,14 +125,14 @@ def fisher_signal(module, data: SplitData, images: torch.Tensor, seed: int) -> t
     return float((scale_sq / norm).mean()), "unbiased_mse_bound"
 
 
-def rehearse(cfg: SweepConfig, cells: list[Cell], sweep_dir: Path, private_samples: int, train_share: float = 1.0,
-             training_key: str | None = None) -> list[dict]:
+def rehearse(cfg: SweepConfig, cells: list[Cell], sweep_dir: Path, private_samples: int, epochs_share: float,
+             train_share: float = 1.0, training_key: str | None = None) -> list[dict]:
     """Train the rehearsal that ``cells`` share (one training key) and measure each cell's signals."""
     started = time.perf_counter()
     _worker_setup(cfg)
     first = cells[0]
     data = rehearsal_splits(_splits(dataclasses.replace(base_run_config(cfg), seed=first.seed)), first.seed, train_share)
-    run_cfg = rehearsal_run_config(cfg, first, private_samples, len(data.private_train), sweep_dir / REHEARSAL_DIR)
+    run_cfg = rehearsal_run_config(cfg, first, private_samples, len(data.private_train), sweep_dir / REHEARSAL_DIR, epochs_share)
     run_cfg = dataclasses.replace(run_cfg, name=training_key or first.training_key)
     trained = train(run_cfg, force=True, data=data)
     trained_s = time.perf_counter() - started
@@ -150,11 +161,14 @@ def undefended_accuracy(full: float, half: float, private_samples: int, rehearsa
     return 1 - error * (private_samples / rehearsal_samples) ** -exponent
 
 
-def predict(cfg: SweepConfig, *, force: bool = False, progress: Callable[[str], None] = print) -> list[dict]:
-    """Rehearse every training of ``cfg``'s grid, write ``predicted.csv`` into the sweep folder, and
-    compare with its measured frontier when there is one. A folder that holds the predictions of the
-    same config keeps them (``force``: rehearse again); the comparison is redone. Returns the
-    predicted rows in grid order."""
+def predict(cfg: SweepConfig, *, epochs_share: float = EPOCHS_SHARE, force: bool = False,
+            progress: Callable[[str], None] = print) -> list[dict]:
+    """Rehearse every training of ``cfg``'s grid (``epochs_share`` of its epochs), write ``predicted.csv``
+    into the sweep folder, and compare with its measured frontier when there is one. A folder that
+    holds the predictions of the same config and share keeps them (``force``: rehearse again); the
+    comparison is redone. Returns the predicted rows in grid order."""
+    if not (is_number(epochs_share) and 0 < epochs_share <= 1):
+        raise ConfigError("epochs_share", epochs_share, "a fraction in (0, 1] of the private run's epochs")
     started = time.perf_counter()
     _worker_setup(cfg)
     data = _splits(dataclasses.replace(base_run_config(cfg), seed=cfg.seeds[0]))
@@ -167,12 +181,14 @@ def predict(cfg: SweepConfig, *, force: bool = False, progress: Callable[[str], 
         if not (sweep_dir / SWEEP_FILE).exists():  # a later sweep of the same config resumes into this folder
             atomic_write_yaml(sweep_dir / SWEEP_FILE, resolved)
         record_path = sweep_dir / AGREEMENT_FILE
-        if (sweep_dir / PREDICTED_CSV).exists() and record_path.exists() and not force:
+        kept = json.loads(record_path.read_text()) if record_path.exists() and (sweep_dir / PREDICTED_CSV).exists() else {}
+        if kept.get("epochs_share") == epochs_share and not force:
             progress(f"predict {cfg.sweep_name()}: the predictions in {sweep_dir / PREDICTED_CSV} (--force rehearses again)")
-            rows, record = _numbers(sweep_dir / PREDICTED_CSV), json.loads(record_path.read_text())
+            rows, record = _numbers(sweep_dir / PREDICTED_CSV), kept
         else:
-            rows = _rehearsed_rows(cfg, cells, data, sweep_dir, progress)
+            rows = _rehearsed_rows(cfg, cells, data, sweep_dir, epochs_share, progress)
             record = {"provenance": provenance(), "wall_s": time.perf_counter() - started, "cells": len(cells),
+                      "epochs_share": epochs_share,
                       "rehearsals": len({c.training_key for c in cells}) + len(cfg.seeds),
                       "private_samples": len(data.private_train),
                       "rehearsal_samples": len(rehearsal_splits(data, 0).private_train)}
@@ -185,7 +201,7 @@ def predict(cfg: SweepConfig, *, force: bool = False, progress: Callable[[str], 
     return rows
 
 
-def _rehearsed_rows(cfg: SweepConfig, cells: list[Cell], data: SplitData, sweep_dir: Path,
+def _rehearsed_rows(cfg: SweepConfig, cells: list[Cell], data: SplitData, sweep_dir: Path, epochs_share: float,
                     progress: Callable[[str], None]) -> list[dict]:
     """Every cell's signals and predictions, from a rehearsal per training key and each seed's half-data one."""
     private_samples = len(data.private_train)
@@ -198,7 +214,7 @@ def _rehearsed_rows(cfg: SweepConfig, cells: list[Cell], data: SplitData, sweep_
         compression=NO_DEFENSE) for seed in cfg.seeds}
     progress(f"predict {cfg.sweep_name()}: {len(cells)} cells, {len(groups) + len(halves)} rehearsals on "
              f"{len(data.proxy)} proxy images -> {sweep_dir / PREDICTED_CSV}")
-    signals, half_accuracy = _rehearse_all(cfg, groups, halves, sweep_dir, private_samples, progress)
+    signals, half_accuracy = _rehearse_all(cfg, groups, halves, sweep_dir, private_samples, epochs_share, progress)
     rehearsal_samples = len(rehearsal_splits(data, 0).private_train)
     rows = []
     for cell in cells:
@@ -241,7 +257,8 @@ def _predicted_accuracy(row: dict, undefended: dict | None, half: float | None, 
 
 
 def _rehearse_all(cfg: SweepConfig, groups: dict[str, list[Cell]], halves: dict[str, Cell], sweep_dir: Path,
-                  private_samples: int, progress: Callable[[str], None]) -> tuple[dict[str, dict], dict[int, float]]:
+                  private_samples: int, epochs_share: float,
+                  progress: Callable[[str], None]) -> tuple[dict[str, dict], dict[int, float]]:
     """Every rehearsal on the sweep's executor: the signals by cell key, and each seed's half-data accuracy."""
     signals: dict[str, dict] = {}
     half_accuracy: dict[int, float] = {}
@@ -249,8 +266,9 @@ def _rehearse_all(cfg: SweepConfig, groups: dict[str, list[Cell]], halves: dict[
     inline = cfg.executor == "local" and workers == 1
     with (inline_executor() if inline else cell_executor(cfg.executor, workers, sweep_dir, address=cfg.address,
                                                          cpus=cfg.cell_cpus, gpus=cfg.cell_gpus)) as executor:
-        futures = {executor.submit(rehearse, cfg, group, sweep_dir, private_samples): key for key, group in groups.items()}
-        futures.update({executor.submit(rehearse, cfg, [cell], sweep_dir, private_samples, 0.5, key): key
+        futures = {submit(executor, rehearse, cfg, group, sweep_dir, private_samples, epochs_share): key
+                   for key, group in groups.items()}
+        futures.update({submit(executor, rehearse, cfg, [cell], sweep_dir, private_samples, epochs_share, 0.5, key): key
                         for key, cell in halves.items()})
         for done, future in enumerate(futures if inline else as_completed(futures), 1):
             key = futures[future]

@@ -22,7 +22,7 @@ from splitpriv.attack_suite import run_attacks
 from splitpriv.attacks.threat_models import THREAT_MODELS
 from splitpriv.errors import ConfigError
 from splitpriv.experiment import train
-from splitpriv.prediction import PREDICTED_CSV, predict, read_predictions
+from splitpriv.prediction import EPOCHS_SHARE, PREDICTED_CSV, predict, read_predictions
 from splitpriv.provenance import provenance
 from splitpriv.store import atomic_write_json
 from splitpriv.sweep import NO_DEFENSE, SweepConfig, _splits, base_run_config, cell_run_config, grid
@@ -56,7 +56,7 @@ def choose(rows: list[dict], target_mse: float, max_accuracy_drop: float, threat
 
 
 def tune(cfg: SweepConfig, target_mse: float, max_accuracy_drop: float, threat_model: str = "white_box", *,
-         force: bool = False, progress: Callable[[str], None] = print) -> dict:
+         epochs_share: float = EPOCHS_SHARE, force: bool = False, progress: Callable[[str], None] = print) -> dict:
     """Choose from predictions (those in the sweep folder, else a fresh prediction; ``force``: a fresh
     one), train the choice once on the private data, attack it; returns (and writes ``tune/tune.json``)
     the record."""
@@ -67,7 +67,7 @@ def tune(cfg: SweepConfig, target_mse: float, max_accuracy_drop: float, threat_m
     if not 0 <= max_accuracy_drop <= 1:
         raise ConfigError("max_accuracy_drop", max_accuracy_drop, "a number in [0, 1] (test-accuracy points below the undefended model)")
     sweep_dir = Path(cfg.out) / cfg.sweep_name()
-    predict(cfg, force=force, progress=progress)
+    predict(cfg, epochs_share=epochs_share, force=force, progress=progress)
     chosen, undefended, options = choose(read_predictions(sweep_dir / PREDICTED_CSV), target_mse, max_accuracy_drop, threat_model)
     record = {"provenance": provenance(), "threat_model": threat_model, "target_mse": target_mse,
               "max_accuracy_drop": max_accuracy_drop, "predicted_undefended_accuracy": undefended}

@@ -132,3 +132,17 @@ def test_tune_trains_the_predicted_choice_once_and_reports_how_close_it_landed(p
     assert "INFEASIBLE" in capsys.readouterr().out and json.loads((folder / "tune" / "tune.json").read_text())["chosen"] is None
     assert main([*args, "--target-mse", "-1"]) == 2
     assert "target_mse" in capsys.readouterr().err
+
+
+def test_a_shorter_dp_sgd_rehearsal_keeps_the_private_runs_noise_multiplier(tmp_path):
+    from splitpriv.config import RunConfig, from_dict
+    from splitpriv.defenses import build_defense
+    from splitpriv.experiment import train
+
+    spec = {"name": "dp_sgd", "target_epsilon": 8.0, "max_grad_norm": 1.0}
+    private = train(from_dict(RunConfig, {"out": str(tmp_path), "name": "private", "defenses": [spec],
+                                          "training": {"epochs": 2, "progress_bar": False}, "wandb": {"mode": "disabled"}}))
+    rehearsal = build_defense(spec).rehearsal_spec(spec, len(private.data.private_train), 64, 2)
+    assert "target_epsilon" not in rehearsal
+    assert rehearsal["noise_multiplier"] == pytest.approx(private.metrics["dp_sgd/noise_multiplier"], rel=1e-9)
+    assert main(["predict", "--out", str(tmp_path), "--epochs-share", "0"]) == 2

@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from splitpriv.tuning import tune
 
-    record = tune(sweep_command.sweep_config(args), args.target_mse, args.max_accuracy_drop, args.threat_model, force=args.force)
+    record = tune(sweep_command.sweep_config(args), args.target_mse, args.max_accuracy_drop, args.threat_model,
+                  epochs_share=args.epochs_share, force=args.force)
     chosen = record["chosen"]
     if chosen is None:
         nearest = record["nearest"]

@@ -18,3 +18,10 @@ register_defense = DEFENSES.register
 
 class Defense(CutComponent):
     """A privacy defense; its roles come from the role interfaces it also derives from."""
+
+    def rehearsal_spec(self, spec: dict, private_samples: int, batch_size: int, epochs: int) -> dict:
+        """This defense's ``spec`` for a rehearsal (``splitpriv predict``) that trains fewer epochs than the
+        private run of ``private_samples`` images, ``batch_size``, ``epochs``: a defense whose strength the
+        private run derives from its length returns the spec that fixes the strength it would have there;
+        the rest are unchanged."""
+        return spec

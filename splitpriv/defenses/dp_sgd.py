@@ -123,6 +123,15 @@ class DPSGD(Defense, TrainingPrivatizer):
         self.noise_seed = noise_seed
         self.generator = private_generator(noise_seed)
 
+    def rehearsal_spec(self, spec: dict, private_samples: int, batch_size: int, epochs: int) -> dict:
+        """With ``target_epsilon``, sigma follows from the number of epochs: a shorter rehearsal would get
+        less noise. This spec fixes sigma at the private run's (q = 1 / ceil(N / B), its epochs)."""
+        if self.target_epsilon is None:
+            return spec
+        sigma = noise_multiplier_for(self.target_epsilon, self.delta, 1 / math.ceil(private_samples / batch_size), epochs,
+                                     self.accountant_name)
+        return {**{k: v for k, v in spec.items() if k != "target_epsilon"}, "noise_multiplier": sigma}
+
     # ------------------------------------------------------------------ before training
     def build(self, module, input_shape) -> None:
         """Make every per-sample gradient depend on its own sample only: BatchNorm becomes GroupNorm
