@@ -163,7 +163,7 @@ PAGES = {
         "of predicted and measured worst-case MSE per threat model, and of each signal alone; the accuracy's error. "
         "The plot: [predicted_vs_measured.png](predicted_vs_measured.png).",
         commands=["python benchmarks/prediction_agreement.py --plot docs/results/predicted_vs_measured.png"], cheap=False,
-        readme_lines=r"^(threat|passive|black_box|white_box|test accuracy|wall time)"),
+        readme_lines=r"^(threat|passive|black_box|white_box|test accuracy|wall time|with --epochs-share)"),
     "defense-overhead": Page(
         "Defense overhead",
         "Training-step time of each defense relative to no defense on digits.",
