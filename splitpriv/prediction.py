@@ -70,12 +70,11 @@ def rehearsal_splits(data: SplitData, seed: int, train_share: float = 1.0) -> Sp
     """The proxy images of ``data`` divided into a rehearsal's roles (:data:`REHEARSAL_SHARES`);
     ``train_share`` keeps that share of the rehearsal's training images (the learning curve)."""
     order = torch.randperm(len(data.proxy), generator=torch.Generator().manual_seed(seed + 104729))
-    bounds, start, roles = [], 0, {}
+    start, roles = 0, {}
     for role, share in REHEARSAL_SHARES.items():
         count = max(2, round(share * len(order)))
         roles[role] = data.proxy.subset(order[start:start + count])
         start += count
-        bounds.append(start)
     if start > len(order):
         raise SplitprivError(f"{len(order)} proxy images are too few for a rehearsal (it needs at least "
                              f"{start}); raise data.proxy_fraction or data.proxy_size")
@@ -205,6 +204,7 @@ def _rehearsed_rows(cfg: SweepConfig, cells: list[Cell], data: SplitData, sweep_
                     progress: Callable[[str], None]) -> list[dict]:
     """Every cell's signals and predictions, from a rehearsal per training key and each seed's half-data one."""
     private_samples = len(data.private_train)
+    rehearsal_samples = len(rehearsal_splits(data, 0).private_train)  # too few proxy images: refused before any work
     groups: dict[str, list[Cell]] = {}
     for cell in cells:
         groups.setdefault(cell.training_key, []).append(cell)
@@ -215,7 +215,6 @@ def _rehearsed_rows(cfg: SweepConfig, cells: list[Cell], data: SplitData, sweep_
     progress(f"predict {cfg.sweep_name()}: {len(cells)} cells, {len(groups) + len(halves)} rehearsals on "
              f"{len(data.proxy)} proxy images -> {sweep_dir / PREDICTED_CSV}")
     signals, half_accuracy = _rehearse_all(cfg, groups, halves, sweep_dir, private_samples, epochs_share, progress)
-    rehearsal_samples = len(rehearsal_splits(data, 0).private_train)
     rows = []
     for cell in cells:
         undefended = signals.get(dataclasses.replace(cell, defense=NO_DEFENSE, strength=None, defense_specs=[]).key)

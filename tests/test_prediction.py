@@ -146,3 +146,10 @@ def test_a_shorter_dp_sgd_rehearsal_keeps_the_private_runs_noise_multiplier(tmp_
     assert "target_epsilon" not in rehearsal
     assert rehearsal["noise_multiplier"] == pytest.approx(private.metrics["dp_sgd/noise_multiplier"], rel=1e-9)
     assert main(["predict", "--out", str(tmp_path), "--epochs-share", "0"]) == 2
+
+
+def test_too_few_proxy_images_for_a_rehearsal_is_one_message(tmp_path, capsys):
+    config = tmp_path / "few.yaml"
+    config.write_text(yaml.safe_dump({"data": {"proxy_size": 5}}))
+    assert main(["predict", "--config", str(config), "--out", str(tmp_path)]) == 2
+    assert "too few for a rehearsal" in capsys.readouterr().err
