@@ -346,8 +346,11 @@ def save_agreement_plot(rows: list[dict], frontier: Path, path: Path) -> None:
             points = [(p, m) for p, m in points if m is not None]
             axis.scatter([p for p, _ in points], [m for _, m in points], s=18, color=colours[defense], label=defense)
         if log:
+            from matplotlib.ticker import NullFormatter
+
             axis.set_xscale("log")
             axis.set_yscale("log")
+            axis.xaxis.set_minor_formatter(NullFormatter())  # the minor decades' labels overlap
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("predicted")
         axis.set_ylabel("measured")
