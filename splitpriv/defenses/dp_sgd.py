@@ -56,8 +56,8 @@ MIN_NOISE_MULTIPLIER = 0.1  # about 1e4 spent epsilon already for 1,000 steps at
 
 
 # Both are pure functions of their arguments, and slow (an RDP accountant evaluates a series per
-# order: ~0.35 s per epsilon on digits); every cut of a sweep, and every rehearsal of splitpriv
-# predict, asks a worker process for the same values again.
+# order, at every epoch end); every cut of a sweep, and every rehearsal of splitpriv predict, asks a
+# worker process for the same values again.
 @functools.lru_cache(maxsize=1024)
 def accounted_epsilon(accountant: str, history: tuple[tuple[float, float, int], ...], delta: float) -> float:
     """The epsilon that ``accountant`` spends over ``history`` ((noise multiplier, sample rate, steps), ...)."""
