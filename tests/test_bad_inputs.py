@@ -330,6 +330,18 @@ CASES = [
     Case("attack missing proxy file", lambda tmp, r, s: ["attack", "--run", str(r), "--proxy", str(tmp / "p.npz")], "not found"),
     Case("attack proxy overlapping the private data", lambda tmp, r, s: ["attack", "--run", str(r), "--proxy", "digits"], "disjoint"),
     Case("attack unknown proxy data set", lambda tmp, r, s: ["attack", "--run", str(r), "--proxy", "imagenet"], "--proxy"),
+    # ------------------------------------------------------------------ predict and tune
+    Case("predict name escapes", lambda tmp, r, s: ["predict", *_sweep_with(tmp, name="../x")[1:]], "folder name"),
+    Case("predict epochs share above 1", lambda tmp, r, s: ["predict", *_sweep_with(tmp)[1:], "--epochs-share", "2"],
+         "epochs_share"),
+    Case("predict too few proxy images", lambda tmp, r, s: ["predict", *_sweep_with(tmp, data={"proxy_size": 5})[1:]],
+         "too few for a rehearsal"),
+    Case("tune negative target", lambda tmp, r, s: ["tune", *_sweep_with(tmp)[1:], "--target-mse", "-1",
+                                                     "--max-accuracy-drop", "0.1"], "target_mse"),
+    Case("tune accuracy drop above 1", lambda tmp, r, s: ["tune", *_sweep_with(tmp)[1:], "--target-mse", "0.01",
+                                                           "--max-accuracy-drop", "2"], "max_accuracy_drop"),
+    Case("tune unknown threat model", lambda tmp, r, s: ["tune", *_sweep_with(tmp)[1:], "--target-mse", "0.01",
+                                                          "--max-accuracy-drop", "0.1", "--threat-model", "god"], "--threat-model"),
     # ------------------------------------------------------------------ sweep
     Case("sweep cut null", lambda tmp, r, s: _sweep_with(tmp, cuts=[None]), "cuts"),
     Case("sweep cut 1.7", lambda tmp, r, s: _sweep_with(tmp, cuts=[1.7]), "cuts"),
