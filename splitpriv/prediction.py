@@ -47,7 +47,7 @@ from splitpriv.experiment import train
 from splitpriv.fisher_leakage import jacobian_norm_sq
 from splitpriv.models import build_model
 from splitpriv.provenance import provenance
-from splitpriv.store import atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_yaml, pyplot
+from splitpriv.store import atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_yaml, csv_value, pyplot
 from splitpriv.sweep import (FRONTIER_CSV, NO_DEFENSE, SWEEP_FILE, Cell, SweepConfig, _check_folder, _splits, _worker_setup,
                              base_run_config, cell_run_config, grid)
 from splitpriv.workers import exclusive_sweep_folder
@@ -232,18 +232,8 @@ def _numbers(path: Path) -> list[dict]:
     """A CSV's rows with numbers as numbers and empty fields as None."""
     import csv
 
-    def value(text: str):
-        if text == "":
-            return None
-        for kind in (int, float):
-            try:
-                return kind(text)
-            except ValueError:
-                pass
-        return text
-
     with open(path, newline="", encoding="utf-8") as handle:
-        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        return [{k: csv_value(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
 def _predicted_accuracy(row: dict, undefended: dict | None, half: float | None, private_samples: int,

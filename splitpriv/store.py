@@ -75,6 +75,18 @@ def atomic_write_yaml(path: str | Path, data: Any) -> None:
     atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
+def csv_value(text: str | None):
+    """A CSV field as what it holds: None when empty, else an int, a float or the text."""
+    if text in ("", None):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def atomic_write_csv(path: str | Path, rows: list[dict], columns: list[str] | None = None) -> None:
     """``rows`` as CSV with a header (``columns``, or the first row's keys), written atomically."""
     buffer = io.StringIO()

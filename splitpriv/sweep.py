@@ -40,7 +40,7 @@ from splitpriv.models import build_model
 from splitpriv.profiling import count_flops
 from splitpriv.provenance import provenance
 from splitpriv.runs import load_run
-from splitpriv.store import CHECKPOINT, METRICS_FILE, atomic_append_line, atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_text, atomic_write_yaml, import_plugins, json_text, pyplot
+from splitpriv.store import CHECKPOINT, METRICS_FILE, atomic_append_line, atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_text, atomic_write_yaml, csv_value, import_plugins, json_text, pyplot
 from splitpriv.workers import exclusive_sweep_folder
 from splitpriv.tracking import log_run
 
@@ -613,14 +613,6 @@ BEFORE_THREAT_MODELS = {"worst_mse": "worst_mse_white_box", "worst_psnr": "worst
 
 def read_frontier(path: Path) -> list[dict]:
     """A frontier.csv as rows of numbers and text; a file that is not one is a RunStateError naming it and the line."""
-    def number(text: str):
-        for kind in (int, float):
-            try:
-                return kind(text)
-            except ValueError:
-                pass
-        return text
-
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
@@ -631,7 +623,7 @@ def read_frontier(path: Path) -> list[dict]:
                 raise RunStateError(f"{path} is not a sweep frontier: it lacks the column(s) {missing}")
             rows = []
             for line, row in enumerate(reader, 2):
-                parsed = {k: None if v in ("", None) else number(v) for k, v in row.items() if k is not None}
+                parsed = {k: csv_value(v) for k, v in row.items() if k is not None}
                 numbers = ("test_accuracy", "worst_mse_white_box", "worst_ssim_white_box")
                 if not isinstance(parsed["cut_layer"], int) or any(not isinstance(parsed[c], (int, float)) for c in numbers):
                     raise RunStateError(f"{path}, line {line}: cut_layer must be an integer and {', '.join(numbers)} "

@@ -258,3 +258,37 @@ def test_a_freshly_trained_dp_sgd_run_is_attacked_in_the_same_process(tmp_path):
     assert not any(hasattr(p, "grad_sample") for p in run.client.parameters())
     record = run_attacks(run, TINY_ATTACKS, out_dir=tmp_path / "attack", progress=None)
     assert record["worst_case"]["white_box"]["mse"] > 0
+
+
+def test_the_cached_accounting_equals_a_fresh_accountant_at_every_epoch_of_two_interleaved_trainings(tmp_path):
+    """The per-process cache of DP-SGD's epsilon and sigma is a shortcut in a privacy path: the epsilon each
+    epoch logs, and the one a run reports, must equal Opacus' plain computation over that run's own history,
+    also when two runs of different noise share the process (no value from one served to the other)."""
+    import csv
+
+    from opacus.accountants import create_accountant
+
+    from splitpriv.config import RunConfig, from_dict
+    from splitpriv.experiment import train
+
+    runs = [train(from_dict(RunConfig, {"out": str(tmp_path), "name": f"dp{i}", "defenses": [spec],
+                                        "training": {"epochs": 4, "progress_bar": False}, "wandb": {"mode": "disabled"}}))
+            for i, spec in enumerate([{"name": "dp_sgd", "target_epsilon": 8.0}, {"name": "dp_sgd", "noise_multiplier": 1.3},
+                                      {"name": "dp_sgd", "target_epsilon": 8.0}])]
+    for run in runs:
+        sigma, steps = run.metrics["dp_sgd/noise_multiplier"], int(run.metrics["dp_sgd/steps"])
+        sample_rate = 1 / math.ceil(len(run.data.private_train) / 64)
+
+        def plain(step_count: int) -> float:
+            accountant = create_accountant("rdp")
+            accountant.history = [(sigma, sample_rate, step_count)]
+            return accountant.get_epsilon(delta=1e-5)
+
+        assert run.metrics["dp_sgd/epsilon_per_sample"] == pytest.approx(plain(steps), rel=1e-12)
+        with (run.path / "logs" / "metrics.csv").open() as handle:
+            logged = [float(row["dp_sgd/epsilon_per_sample"]) for row in csv.DictReader(handle)
+                      if row.get("dp_sgd/epsilon_per_sample")]
+        assert len(logged) >= 4
+        per_epoch = steps // 4
+        # the logger stores float32: equal to its precision
+        assert logged[:4] == pytest.approx([plain(per_epoch * epoch) for epoch in range(1, 5)], rel=1e-6)
