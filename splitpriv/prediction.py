@@ -3,12 +3,16 @@
 How much a cell (cut, defense, strength) leaks, and what accuracy it costs, is known only once the
 cell is trained on the private data and attacked. ``predict`` estimates both for every cell of a
 sweep's grid from the proxy images alone (the attacker's data, disjoint from the private data) by a
-**rehearsal**: the cell's training run on a small public stand-in of the private set, then three
+**rehearsal**: the cell's training run on a small public stand-in of the private set, then four
 cheap signals:
 
 * ``linear_decoder_mse`` / ``_ssim``: a ridge regression from the rehearsal client's messages (as
   deployed: noise included) to the images, fitted on the rehearsal's attacker proxy and scored on its
-  test images. The predicted worst-case MSE and SSIM of every threat model.
+  test images. The predicted worst-case MSE and SSIM of the ``black_box`` and ``white_box`` threat
+  models.
+* ``passive_rehearsal_mse`` / ``_ssim``: the sweep's passive attacks (those a ``passive`` adversary
+  can run) against the undefended rehearsal client at each cut. Carried to each defended cell by its
+  linear decoder's leakage (:func:`_predicted_passive`), the predicted worst case of ``passive``.
 * ``fisher``: dFIL (Maeng et al. 2023, :mod:`splitpriv.fisher_leakage`) of the rehearsal client: for a
   noisy client the least MSE of any unbiased attacker, 1 / dFIL; for a deterministic one
   ||J_f||_F^2 / d, how much the message moves with its input (a ranking signal only).
@@ -19,11 +23,13 @@ cheap signals:
   undefended rehearsal: predicted accuracy = A * acc_cell / acc_undefended.
 
 The rehearsal trains with the private run's settings, its batches scaled to keep the private run's
-sampling rate and steps per epoch, for a share of its epochs (:func:`rehearsal_run_config`). When the folder also holds the measured ``frontier.csv`` of the same sweep,
-``predicted_vs_measured.png`` and ``agreement.json`` say how well each signal ranks the truth.
+sampling rate and steps per epoch, for a share of its epochs (:func:`rehearsal_run_config`). When
+the folder also holds the measured ``frontier.csv`` of the same sweep, ``predicted_vs_measured.png``
+and ``agreement.json`` say how well each signal ranks the truth.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
@@ -34,7 +40,8 @@ from typing import Callable
 
 import torch
 
-from splitpriv.attack_suite import _frozen
+from splitpriv.attack_suite import _frozen, deployed_target, load_proxy
+from splitpriv.attacks import build_attacks, default_attack_specs, evaluate
 from splitpriv.attacks.metrics import reconstruction_metrics
 from splitpriv.attacks.threat_models import THREAT_MODELS
 from splitpriv.config import RunConfig
@@ -48,8 +55,8 @@ from splitpriv.fisher_leakage import jacobian_norm_sq
 from splitpriv.models import build_model
 from splitpriv.provenance import provenance
 from splitpriv.store import atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_yaml, csv_value, pyplot
-from splitpriv.sweep import (FRONTIER_CSV, NO_DEFENSE, SWEEP_FILE, Cell, SweepConfig, _check_folder, _splits, _worker_setup,
-                             base_run_config, cell_run_config, grid)
+from splitpriv.sweep import (FRONTIER_CSV, NO_DEFENSE, SWEEP_FILE, Cell, SweepConfig, base_run_config, cell_run_config,
+                             check_sweep_folder, grid, seed_splits, worker_setup)
 from splitpriv.workers import exclusive_sweep_folder
 
 PREDICTED_CSV, PREDICTED_PNG, AGREEMENT_FILE, REHEARSAL_DIR = "predicted.csv", "predicted_vs_measured.png", "agreement.json", "rehearsal"
@@ -58,11 +65,13 @@ REHEARSAL_SHARES = {"private_train": 0.6, "val": 0.1, "private_test": 0.15, "pro
 # the share of the private run's epochs a rehearsal trains: on the default digits grid 0.5 keeps the
 # prediction under 10 % of the sweep's time; 1.0 halves the accuracy's error (docs/prediction.md)
 EPOCHS_SHARE = 0.5
-SIGNALS = ["rehearsal_accuracy", "linear_decoder_mse", "linear_decoder_ssim", "fisher", "fisher_kind"]
+SIGNALS = ["rehearsal_accuracy", "linear_decoder_mse", "linear_decoder_ssim", "passive_rehearsal_mse", "passive_rehearsal_ssim",
+           "fisher", "fisher_kind"]
 PREDICTED_COLUMNS = ["key", "cut_layer", "cut_name", "defense", "strength", "strength_parameter", "seed", "compression", "exits",
                      "predicted_test_accuracy",
                      *(f"predicted_worst_{metric}_{model}" for model in THREAT_MODELS for metric in ("mse", "ssim")),
                      *SIGNALS, "rehearsal_time_s"]
+NOT_ATTACKED = {"passive_rehearsal_mse": None, "passive_rehearsal_ssim": None}
 HALF = "-rehearsal-half"  # the training key's suffix of the undefended rehearsal on half the training share
 
 
@@ -113,6 +122,23 @@ def linear_decoder_leakage(proxy_messages: torch.Tensor, proxy_images: torch.Ten
     return {"linear_decoder_mse": metrics["mse"], "linear_decoder_ssim": metrics["ssim"]}
 
 
+def passive_leakage(cfg: SweepConfig, run, test_images: torch.Tensor, test_messages: torch.Tensor, seed: int) -> dict[str, float]:
+    """The worst MSE (and its SSIM) of the sweep's passive attacks against an undefended rehearsal
+    client: the passive adversary learns a surrogate of the client from proxy images and messages, and
+    how well it does depends on the cut in ways no decoder with query access shows (on the default
+    digits grid the first convolutions are harder for it than the second). None when the sweep has no
+    passive attack."""
+    specs = cfg.attack.attacks or default_attack_specs(False, tuple(cfg.attack.decoder_capacities))
+    attacks = [a for a in build_attacks(specs) if THREAT_MODELS["passive"].admits(a.grants)]
+    if not attacks:
+        return NOT_ATTACKED
+    proxy, _, _ = load_proxy(run.data, run.config.data, None, None, seed)
+    target = deployed_target(run, proxy, seed)
+    scores = [evaluate(attack, target, test_messages, test_images).metrics for attack in attacks]
+    worst = min(scores, key=lambda metrics: metrics["mse"])
+    return {"passive_rehearsal_mse": worst["mse"], "passive_rehearsal_ssim": worst["ssim"]}
+
+
 def fisher_signal(module, data: SplitData, images: torch.Tensor, seed: int) -> tuple[float, str]:
     """(1 / dFIL, 'unbiased_mse_bound') for a client adding noise; (||J_f||_F^2 / d, 'jacobian') otherwise."""
     noise = [t.noise_model() for t in module.active_transforms(training=False) if t.noise_model() is not None]
@@ -125,12 +151,13 @@ def fisher_signal(module, data: SplitData, images: torch.Tensor, seed: int) -> t
 
 
 def rehearse(cfg: SweepConfig, cells: list[Cell], sweep_dir: Path, private_samples: int, epochs_share: float,
-             train_share: float = 1.0, training_key: str | None = None) -> list[dict]:
-    """Train the rehearsal that ``cells`` share (one training key) and measure each cell's signals."""
+             train_share: float = 1.0, training_key: str | None = None, passive: bool = True) -> list[dict]:
+    """Train the rehearsal that ``cells`` share (one training key) and measure each cell's signals
+    (``passive``: also attack its undefended clients with the sweep's passive attacks)."""
     started = time.perf_counter()
-    _worker_setup(cfg)
+    worker_setup(cfg)
     first = cells[0]
-    data = rehearsal_splits(_splits(dataclasses.replace(base_run_config(cfg), seed=first.seed)), first.seed, train_share)
+    data = rehearsal_splits(seed_splits(dataclasses.replace(base_run_config(cfg), seed=first.seed)), first.seed, train_share)
     run_cfg = rehearsal_run_config(cfg, first, private_samples, len(data.private_train), sweep_dir / REHEARSAL_DIR, epochs_share)
     run_cfg = dataclasses.replace(run_cfg, name=training_key or first.training_key)
     trained = train(run_cfg, force=True, data=data)
@@ -145,8 +172,10 @@ def rehearse(cfg: SweepConfig, cells: list[Cell], sweep_dir: Path, private_sampl
             test_messages = run.module.send(data.normalize(test_images), training=False)[1]
         with _frozen(run.module):
             fisher, kind = fisher_signal(run.module, data, test_images, cell.seed)
+            attacked = passive and not run.cut_pipeline
+            surrogate = passive_leakage(cfg, run, test_images, test_messages, cell.seed) if attacked else NOT_ATTACKED
         rows.append({"key": cell.key, "rehearsal_accuracy": trained.metrics["test_accuracy"],
-                     **linear_decoder_leakage(proxy_messages, proxy_images, test_messages, test_images),
+                     **linear_decoder_leakage(proxy_messages, proxy_images, test_messages, test_images), **surrogate,
                      "fisher": fisher, "fisher_kind": kind,
                      "rehearsal_time_s": time.perf_counter() - cell_started + trained_s / len(cells)})
     return rows
@@ -169,14 +198,14 @@ def predict(cfg: SweepConfig, *, epochs_share: float = EPOCHS_SHARE, force: bool
     if not (is_number(epochs_share) and 0 < epochs_share <= 1):
         raise ConfigError("epochs_share", epochs_share, "a fraction in (0, 1] of the private run's epochs")
     started = time.perf_counter()
-    _worker_setup(cfg)
-    data = _splits(dataclasses.replace(base_run_config(cfg), seed=cfg.seeds[0]))
+    worker_setup(cfg)
+    data = seed_splits(dataclasses.replace(base_run_config(cfg), seed=cfg.seeds[0]))
     model = build_model(cfg.model, data.info.num_classes, data.info.in_channels, data.info.image_size)
     cells = grid(cfg, model.cut_points(data.info.input_shape))
     sweep_dir = Path(cfg.out) / cfg.sweep_name()
     resolved = json.loads(json.dumps(dataclasses.asdict(dataclasses.replace(cfg, name=cfg.sweep_name()))))
     with exclusive_sweep_folder(sweep_dir):
-        _check_folder(sweep_dir, resolved, force=False)
+        check_sweep_folder(sweep_dir, resolved, force=False)
         if not (sweep_dir / SWEEP_FILE).exists():  # a later sweep of the same config resumes into this folder
             atomic_write_yaml(sweep_dir / SWEEP_FILE, resolved)
         record_path = sweep_dir / AGREEMENT_FILE
@@ -224,14 +253,31 @@ def _rehearsed_rows(cfg: SweepConfig, cells: list[Cell], data: SplitData, sweep_
         for model_name in THREAT_MODELS:
             row[f"predicted_worst_mse_{model_name}"] = row["linear_decoder_mse"]
             row[f"predicted_worst_ssim_{model_name}"] = row["linear_decoder_ssim"]
+        row["predicted_worst_mse_passive"], row["predicted_worst_ssim_passive"] = _predicted_passive(row, undefended)
         rows.append(row)
     return rows
 
 
+def _predicted_passive(row: dict, undefended: dict | None) -> tuple[float, float]:
+    """The passive adversary's worst MSE and SSIM: the undefended rehearsal's passive attack at the
+    cell's cut, carried to the cell by its linear decoder's leakage relative to the undefended one's,
+
+        mse_passive(cell) = mse_passive(undefended) * mse_linear(cell) / mse_linear(undefended),
+        ssim_passive(cell) = ssim_passive(undefended) + ssim_linear(cell) - ssim_linear(undefended),
+
+    and never more leaky than the black-box prediction (the passive adversary is the weaker one), nor
+    an MSE above 1 (images and clamped reconstructions lie in [0, 1]). Without a passive rehearsal: the
+    linear decoder's, as for every threat model."""
+    linear = row["linear_decoder_mse"], row["linear_decoder_ssim"]
+    if undefended is None or undefended.get("passive_rehearsal_mse") is None:
+        return linear
+    mse = undefended["passive_rehearsal_mse"] * linear[0] / max(undefended["linear_decoder_mse"], 1e-12)
+    ssim = undefended["passive_rehearsal_ssim"] + linear[1] - undefended["linear_decoder_ssim"]
+    return min(max(mse, linear[0]), 1.0), min(ssim, linear[1])
+
+
 def _numbers(path: Path) -> list[dict]:
     """A CSV's rows with numbers as numbers and empty fields as None."""
-    import csv
-
     with open(path, newline="", encoding="utf-8") as handle:
         return [{k: csv_value(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
@@ -257,7 +303,7 @@ def _rehearse_all(cfg: SweepConfig, groups: dict[str, list[Cell]], halves: dict[
                                                          cpus=cfg.cell_cpus, gpus=cfg.cell_gpus)) as executor:
         futures = {submit(executor, rehearse, cfg, group, sweep_dir, private_samples, epochs_share): key
                    for key, group in groups.items()}
-        futures.update({submit(executor, rehearse, cfg, [cell], sweep_dir, private_samples, epochs_share, 0.5, key): key
+        futures.update({submit(executor, rehearse, cfg, [cell], sweep_dir, private_samples, epochs_share, 0.5, key, False): key
                         for key, cell in halves.items()})
         for done, future in enumerate(futures if inline else as_completed(futures), 1):
             key = futures[future]
@@ -274,8 +320,6 @@ def _rehearse_all(cfg: SweepConfig, groups: dict[str, list[Cell]], halves: dict[
 
 
 def _measured(frontier: Path) -> dict[str, dict]:
-    import csv
-
     with frontier.open() as handle:
         rows = list(csv.DictReader(handle))
     return {Cell(int(r["cut_layer"]), r["cut_name"], r["defense"], float(r["strength"]) if r["strength"] else None,
@@ -361,8 +405,6 @@ def format_predictions(rows: list[dict]) -> str:
 def read_predictions(path: Path) -> list[dict]:
     """``predicted.csv`` as frontier rows (``test_accuracy``, ``worst_mse_<threat model>``, ...), which
     the planner weighs like a measured frontier."""
-    import csv
-
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))

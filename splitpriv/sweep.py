@@ -278,7 +278,7 @@ def exit_settings(cfg: SweepConfig, cut_points: list) -> list[tuple[str, dict, l
 _DATA_CACHE: dict = {}
 
 
-def _splits(run_cfg: RunConfig):
+def seed_splits(run_cfg: RunConfig):
     """The data splits of a seed, built once per process (every cell of a seed shares them)."""
     key = (repr(run_cfg.data), run_cfg.seed)
     if key not in _DATA_CACHE:
@@ -292,10 +292,10 @@ def _trained(run_cfg: RunConfig, tracking: dict):
     run_dir = Path(run_cfg.out) / run_cfg.run_name()
     if (run_dir / METRICS_FILE).exists():
         run = load_run(run_dir)
-        run._data = _splits(run_cfg)
+        run._data = seed_splits(run_cfg)
         return run
     resume = (run_dir / CHECKPOINT).exists()
-    return train(run_cfg, resume=resume, force=not resume, data=_splits(run_cfg), tracking=tracking)
+    return train(run_cfg, resume=resume, force=not resume, data=seed_splits(run_cfg), tracking=tracking)
 
 
 def cell_threads(cfg: SweepConfig) -> int | None:
@@ -306,7 +306,7 @@ def cell_threads(cfg: SweepConfig) -> int | None:
     return 1 if cfg.workers > 1 else None
 
 
-def _worker_setup(cfg: SweepConfig) -> None:
+def worker_setup(cfg: SweepConfig) -> None:
     threads = cell_threads(cfg)
     if threads:
         torch.set_num_threads(threads)
@@ -316,7 +316,7 @@ def _worker_setup(cfg: SweepConfig) -> None:
 
 def train_shared(cfg: SweepConfig, cell: Cell) -> None:
     """The undefended training that every undefended cell of ``cell``'s seed recuts."""
-    _worker_setup(cfg)
+    worker_setup(cfg)
     _trained(cell_run_config(cfg, cell, cell.cut_layer), {"strength": None, "sweep": cfg.sweep_name()})
 
 
@@ -354,13 +354,13 @@ def _long_fit_reporter(cell: Cell) -> Callable[[str], None]:
 
 def run_cell(cfg: SweepConfig, cell: Cell, sweep_dir: Path, classifier: torch.nn.Module | None) -> dict:
     """Train (or reuse) the cell's model, attack it, log both to wandb; the cell's frontier row."""
-    _worker_setup(cfg)
+    worker_setup(cfg)
     tracking = {"strength": cell.strength, "sweep": cfg.sweep_name()}
     if cell.trained_at_its_cut:
         run = _trained(cell_run_config(cfg, cell, cell.cut_layer), {**tracking, "defense": cell.defense})
     else:  # one undefended training per seed, trained at the model's default cut, recut here
         shared = load_run(Path(base_run_config(cfg).out) / cell.training_key)
-        shared._data = _splits(shared.config)
+        shared._data = seed_splits(shared.config)
         run = shared.recut(cell.cut_layer)
     attack_dir = sweep_dir / "attacks" / cell.key
     record = run_attacks(run, cfg.attack, out_dir=attack_dir, classifier=classifier, progress=_long_fit_reporter(cell))
@@ -376,7 +376,7 @@ def run_cell(cfg: SweepConfig, cell: Cell, sweep_dir: Path, classifier: torch.nn
 # ----------------------------------------------------------------------------- the sweep
 
 
-def _check_folder(sweep_dir: Path, resolved: dict, force: bool) -> None:
+def check_sweep_folder(sweep_dir: Path, resolved: dict, force: bool) -> None:
     """A new sweep, the same sweep resumed, or (``force``) a splitpriv sweep's folder emptied."""
     stored = sweep_dir / SWEEP_FILE
     contents = list(sweep_dir.iterdir()) if sweep_dir.is_dir() else []
@@ -460,7 +460,7 @@ def quarantine_damaged(sweep_dir: Path) -> list[int]:
 def _classifier(cfg: SweepConfig, seed: int):
     """The attacker's proxy classifier, trained once per seed and shared by every cell."""
     run_cfg = dataclasses.replace(base_run_config(cfg), seed=seed)
-    data = _splits(run_cfg)
+    data = seed_splits(run_cfg)
     proxy, _, same_classes = load_proxy(data, run_cfg.data, cfg.attack.proxy, cfg.attack.proxy_size, cfg.attack.seed)
     return fit_proxy_classifier(proxy, data.info.num_classes, cfg.attack.seed, cfg.attack.classifier_max_epochs) if same_classes else None
 
@@ -468,10 +468,10 @@ def _classifier(cfg: SweepConfig, seed: int):
 def run_sweep(cfg: SweepConfig, *, force: bool = False, progress: Callable[[str], None] = print) -> list[dict]:
     """Run every unfinished cell and write the frontier; returns the frontier rows in grid order."""
     started = time.perf_counter()
-    _worker_setup(cfg)
+    worker_setup(cfg)
     base = base_run_config(cfg)
     build_attacks(cfg.attack.attacks or default_attack_specs(True, tuple(cfg.attack.decoder_capacities)))
-    data = _splits(dataclasses.replace(base, seed=cfg.seeds[0]))
+    data = seed_splits(dataclasses.replace(base, seed=cfg.seeds[0]))
     model = build_model(cfg.model, data.info.num_classes, data.info.in_channels, data.info.image_size)
     cells = grid(cfg, model.cut_points(data.info.input_shape))
     sweep_dir = Path(cfg.out) / cfg.sweep_name()
@@ -479,7 +479,7 @@ def run_sweep(cfg: SweepConfig, *, force: bool = False, progress: Callable[[str]
         raise SplitprivError(f"--out {cfg.out} is a file, not a folder; choose a folder for the sweep folder")
     resolved = json.loads(json.dumps(dataclasses.asdict(dataclasses.replace(cfg, name=cfg.sweep_name()))))
     with exclusive_sweep_folder(sweep_dir):
-        _check_folder(sweep_dir, resolved, force)
+        check_sweep_folder(sweep_dir, resolved, force)
         atomic_write_yaml(sweep_dir / SWEEP_FILE, resolved)
         record_provenance(sweep_dir)
         damaged = quarantine_damaged(sweep_dir)

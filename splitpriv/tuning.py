@@ -25,7 +25,7 @@ from splitpriv.experiment import train
 from splitpriv.prediction import EPOCHS_SHARE, PREDICTED_CSV, predict, read_predictions
 from splitpriv.provenance import provenance
 from splitpriv.store import atomic_write_json
-from splitpriv.sweep import NO_DEFENSE, SweepConfig, _splits, base_run_config, cell_run_config, grid
+from splitpriv.sweep import NO_DEFENSE, SweepConfig, base_run_config, cell_run_config, grid, seed_splits
 from splitpriv.models import build_model
 
 TUNE_DIR, TUNE_FILE = "tune", "tune.json"
@@ -90,7 +90,7 @@ def tune(cfg: SweepConfig, target_mse: float, max_accuracy_drop: float, threat_m
 
 def _train_and_attack(cfg: SweepConfig, chosen: Choice, folder: Path, threat_model: str) -> dict:
     """The one private training of the chosen cell (first seed) and the sweep's attack set on it."""
-    data = _splits(dataclasses.replace(base_run_config(cfg), seed=cfg.seeds[0]))
+    data = seed_splits(dataclasses.replace(base_run_config(cfg), seed=cfg.seeds[0]))
     model = build_model(cfg.model, data.info.num_classes, data.info.in_channels, data.info.image_size)
     cell = next(c for c in grid(cfg, model.cut_points(data.info.input_shape))
                 if (c.cut_layer, c.defense, c.strength, c.seed) == (chosen.cut_layer, chosen.defense, chosen.strength, cfg.seeds[0])

@@ -16,7 +16,9 @@ from splitpriv.sweep import load_sweep_config
 from conftest import assert_higher
 
 TINY = {"cuts": ["relu1"], "seeds": [0, 1, 2], "training": {"epochs": 3}, "wandb": {"mode": "disabled"},
-        "attack": {"attacks": [{"name": "decoder_inversion", "capacity": "small", "max_epochs": 20}], "samples": 64,
+        "attack": {"attacks": [{"name": "decoder_inversion", "capacity": "small", "max_epochs": 20},
+                               {"name": "surrogate_client", "capacity": "small", "surrogate_epochs": 5, "max_epochs": 20}],
+                   "samples": 64,
                    "dcor_samples": 64, "classifier_max_epochs": 1},
         "defenses": [{"name": "none"}, {"name": "dp_noise", "parameter": "epsilon", "strengths": [8.0],
                                         "params": {"mechanism": "laplace", "clip": "median"}}]}
@@ -90,6 +92,12 @@ def test_predict_writes_every_cell_and_noise_predicts_more_mse_over_seeds(predic
     noisy = [r["predicted_worst_mse_black_box"] for r in rows if r["defense"] == "dp_noise"]
     plain = [r["predicted_worst_mse_black_box"] for r in rows if r["defense"] == "none"]
     assert_higher(noisy, plain, "dp_noise's predicted MSE over the undefended one")
+    noisy = [r["predicted_worst_mse_passive"] for r in rows if r["defense"] == "dp_noise"]
+    plain = [r["predicted_worst_mse_passive"] for r in rows if r["defense"] == "none"]
+    assert_higher(noisy, plain, "dp_noise's predicted passive MSE over the undefended one")
+    # the passive attack runs on the undefended rehearsals only, and the weaker adversary never leaks more
+    assert {r["defense"] for r in rows if r["passive_rehearsal_mse"] is not None} == {"none"}
+    assert all(r["predicted_worst_mse_passive"] >= r["predicted_worst_mse_black_box"] for r in rows)
     assert {r["fisher_kind"] for r in rows if r["defense"] == "dp_noise"} == {"unbiased_mse_bound"}
     assert all(0 <= r["predicted_test_accuracy"] <= 1 for r in rows)
     assert not list(folder.glob("train")), "a prediction trains nothing on the private data"
