@@ -19,7 +19,7 @@ import traceback
 
 from splitpriv.errors import ConfigError, SplitprivError, TrainingInterrupted
 
-COMMANDS = ["train", "serve", "client", "attack", "sweep", "predict", "tune", "compare", "profile", "plan", "cost", "exits", "lighten"]
+COMMANDS = ["train", "serve", "client", "federate", "attack", "sweep", "predict", "tune", "compare", "profile", "plan", "cost", "exits", "lighten"]
 
 
 def _commands() -> dict:

@@ -26,24 +26,30 @@ from splitpriv.runs import Run, build_module
 from splitpriv.store import CHECKPOINT, read_checkpoint, read_tensors
 from splitpriv.training import REMOTE_STEP, SplitLearningModule, make_optimizer
 from splitpriv.transport import (MODES, TURN_WAIT_FACTOR, Link, ObservationRecord, PeerLost, RemoteServer, Rounds,
-                                 Shaping, TransportError,
-                                 accept_client, config_digest, flat_size, join_server, parse_address, serve_steps)
+                                 Shaping, TransportError, accept_client, average_rounds, config_digest, flat_size, join_server,
+                                 parse_address, serve_steps)
 
 SERVER_STATE, PREVIOUS_STATE, OBSERVED = "server.ckpt", "server.previous.ckpt", "observed.pt"
 
 
 @dataclass(frozen=True)
 class Federation:
-    """How many clients train with one server, and how: ``splitpriv.transport.Rounds``."""
+    """How many clients train with one server, and how: ``splitpriv.transport.Rounds``. ``fed_server``:
+    SplitFed's partitions are averaged by a separate fed server (``splitpriv federate``), so that the
+    serve process never sees a client's weights (Thapa et al. 2022 keep the two apart)."""
 
     clients: int = 1
     mode: str = "splitfed"
+    fed_server: bool = False
 
     def __post_init__(self):
         if not isinstance(self.clients, int) or self.clients < 1:
             raise ConfigError("--clients", self.clients, "an integer >= 1")
         if self.mode not in MODES:
             raise ConfigError("--federation", self.mode, f"one of {list(MODES)}")
+        if self.fed_server and (self.clients < 2 or self.mode != "splitfed"):
+            raise ConfigError("fed server", f"{self.clients} client(s), {self.mode}",
+                              "--clients 2 or more with --federation splitfed: a fed server averages SplitFed's partitions")
 
 
 def agreed_settings(cfg: RunConfig, federation: Federation) -> dict:
@@ -191,7 +197,8 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
         states.restore(joined[0][1].get("resume_step", 0))
     else:
         states.save(0)
-    rounds = Rounds(federation.clients, federation.mode, module.client, states.save, timeout_s * TURN_WAIT_FACTOR)
+    rounds = Rounds(federation.clients, federation.mode, module.client, states.save, timeout_s * TURN_WAIT_FACTOR,
+                    partitions=not federation.fed_server)
     observations = {index: ObservationRecord() for index in joined} if record else {}
     steps: dict[int, int] = {}
     errors: list[BaseException] = []
@@ -245,6 +252,51 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
             "observed": [str(path) for path in recorded]}
 
 
+def federate(cfg: RunConfig, host: str, port: int, secret: bytes, federation: Federation, timeout_s: float = 120.0,
+             on_listening=None) -> dict:
+    """SplitFed's fed server: wait for ``federation.clients`` clients of ``cfg`` (the same secret and
+    config as the serve process), then average their client partitions at every round's end
+    (FedAvg, weighted by shard size) until each ends the run. It sees the partitions and nothing else;
+    the serve process then sees no partition. Returns a summary (rounds, clients)."""
+    if not federation.fed_server:
+        raise ConfigError("fed server", federation, "Federation(clients >= 2, 'splitfed', fed_server=True)")
+    digest = config_digest(agreed_settings(cfg, federation))
+    joined: dict[int, tuple[Link, dict]] = {}
+
+    def validate(hello: dict) -> str | None:
+        index = hello.get("client_index")
+        if not isinstance(index, int) or not 0 <= index < federation.clients:
+            return f"client index {index!r} is outside 0..{federation.clients - 1}"
+        if hello.get("resume_step", 0):
+            return "a fed server does not resume; start every party afresh"
+        return f"a client with index {index} has joined already" if index in joined else None
+
+    door = _Door(host, port, secret, digest, timeout_s, None, on_listening)
+    while len(joined) < federation.clients:
+        hello, link = door.admit(validate)
+        joined[hello["client_index"]] = (link, hello)
+    client = _server_party(cfg, joined[0][1])[0].client
+    rounds = Rounds(federation.clients, federation.mode, client, lambda step: None, timeout_s * TURN_WAIT_FACTOR)
+    taken: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    def average_for(index: int, link: Link) -> None:
+        try:
+            taken[index] = average_rounds(link, rounds, index, flat_size(client))
+        except Exception as error:  # noqa: BLE001 - reported below, after the other clients' threads end
+            errors.append(error)
+            rounds.fail(f"client {index}: {error}")
+
+    threads = [threading.Thread(target=average_for, args=(index, link)) for index, (link, _) in sorted(joined.items())]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0] if isinstance(errors[0], SplitprivError) else TransportError(str(errors[0]))
+    return {"rounds": rounds.round, "clients": federation.clients}
+
+
 def record_name(index: int, clients: int) -> str:
     """The file of what the server observed of client ``index``."""
     return OBSERVED if clients == 1 else f"observed-client{index}.pt"
@@ -252,13 +304,17 @@ def record_name(index: int, clients: int) -> str:
 
 def train_client(cfg: RunConfig, server_address: str, secret: bytes, timeout_s: float = 120.0,
                  shaping: Shaping | None = None, federation: Federation = Federation(), client_index: int = 0,
-                 **train_options) -> Run:
+                 fed_server_address: str | None = None, **train_options) -> Run:
     """``splitpriv train`` with the server partition in the process at ``server_address``; ``shaping``
     emulates the link on the client's sends. With several clients this one trains on its shard of the
-    private training set (:func:`client_shard`)."""
+    private training set (:func:`client_shard`); with ``federation.fed_server`` its partition is
+    averaged by the fed server at ``fed_server_address`` (``splitpriv federate``), not by the server."""
     _check_supported(cfg)
     if not 0 <= client_index < federation.clients:
         raise ConfigError("--client-index", client_index, f"0..{federation.clients - 1} (one of --clients)")
+    if federation.fed_server != (fed_server_address is not None):
+        raise ConfigError("--fed-server", fed_server_address, "the fed server's HOST:PORT exactly when the "
+                          "partitions are averaged by one ('splitpriv federate')")
     resume_step = _checkpointed_step(cfg, federation) if train_options.get("resume") else 0
     host, port = parse_address(server_address)
     if cfg.training.num_threads:  # before the data: its normalisation's sums depend on the threads too
@@ -270,12 +326,18 @@ def train_client(cfg: RunConfig, server_address: str, secret: bytes, timeout_s: 
     def connect(module: SplitLearningModule, data: SplitData) -> RemoteServer:
         hello = {"config_digest": config_digest(agreed_settings(cfg, federation)), "dataset_info": asdict(data.info),
                  "client_index": client_index, "resume_step": resume_step}
-        rendezvous, own_address = join_server(host, port, secret, hello, timeout_s)
-        link = Link.connect(1, host, rendezvous, own_address, timeout_s, shaping)
+        link = _join(host, port, secret, hello, timeout_s, shaping)
+        fed_link = _join(*parse_address(fed_server_address), secret, hello, timeout_s, shaping) if fed_server_address else None
         return RemoteServer(link, data.info.num_classes, federation.clients, federation.mode, len(data.private_train),
-                            resume_step)
+                            resume_step, fed_link)
 
     return train(cfg, remote_server=connect, data=data, **train_options)
+
+
+def _join(host: str, port: int, secret: bytes, hello: dict, timeout_s: float, shaping: Shaping | None) -> Link:
+    """The client's link to the party at ``host:port``, after the handshake."""
+    rendezvous, own_address = join_server(host, port, secret, hello, timeout_s)
+    return Link.connect(1, host, rendezvous, own_address, timeout_s, shaping)
 
 
 def _saved_states(folder: Path, federation: Federation) -> dict[int, dict]:

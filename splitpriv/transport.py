@@ -290,10 +290,11 @@ class RemoteServer(nn.Module):
     (loss, logits, the gradient w.r.t. the message). It holds no weights."""
 
     def __init__(self, link: Link, num_classes: int, clients: int = 1, mode: str = "splitfed", samples: int = 0,
-                 step: int = 0):
+                 step: int = 0, fed_link: Link | None = None):
         super().__init__()
         self.link, self.num_classes, self.step = link, num_classes, step  # step: the last one taken (a resume's)
         self.clients, self.mode, self.samples = clients, mode, samples
+        self.fed_link = fed_link  # SplitFed's separate fed server, which averages the partitions instead of the server
         self.wire, self.wire_in_all = WireMeter(), WireMeter()  # this epoch's steps, and every step
         self.previous_start: float | None = None  # the start of this epoch's previous training step
 
@@ -328,22 +329,27 @@ class RemoteServer(nn.Module):
         """The round's end: one client - the server saves its state; SplitFed - the client partition
         is replaced by the round's average over the clients; sequential - it passes to the next client."""
         self.previous_start = None  # the validation pass and the round's end are not a training step
-        if self.clients == 1:
+        if self.clients == 1 or self.fed_link is not None:
             self.link.request(EPOCH_END, self.step)
             self.link.receive((), torch.int64)  # the server has saved its state
+        if self.clients == 1:
             return
-        self.link.request(EPOCH_END, self.step, flat_state(client), torch.tensor(float(self.samples)))
+        averaging = self.fed_link or self.link
+        averaging.request(EPOCH_END, self.step, flat_state(client), torch.tensor(float(self.samples)))
         if self.mode == "splitfed":
-            load_flat_state(client, self._receive_state(client))
+            load_flat_state(client, self._receive_state(client, averaging))
         else:
             self.link.receive((), torch.int64)
 
-    def _receive_state(self, client: nn.Module) -> torch.Tensor:
-        return self.link.receive((flat_size(client),), torch.float64, self.link.timeout_s * TURN_WAIT_FACTOR)
+    def _receive_state(self, client: nn.Module, link: Link | None = None) -> torch.Tensor:
+        link = link or self.link
+        return link.receive((flat_size(client),), torch.float64, link.timeout_s * TURN_WAIT_FACTOR)
 
     def finish(self) -> None:
-        self.link.request(END, self.step)
-        self.link.close()
+        for link in (self.link, self.fed_link):
+            if link is not None:
+                link.request(END, self.step)
+                link.close()
 
 
 @dataclass
@@ -413,12 +419,16 @@ class Rounds:
     client's partition after its round, w_k with n_k training samples, is averaged,
     w = Σ_k n_k w_k / Σ_k n_k (FedAvg), and every client continues from w. Several, ``sequential`` (vanilla split learning,
     Gupta & Raskar 2018): one client trains at a time, in index order, starting from the partition the
-    previous one left. Either way the partitions pass through the serve process: the server party
-    sees the clients' weights (a white-box grant), unlike with one client.
+    previous one left. Either way the partitions pass through the process that holds the rounds: the
+    serve process, which then sees the clients' weights (a white-box grant, unlike with one client),
+    unless SplitFed's separate fed server (``splitpriv federate``) averages them. ``partitions``: whether
+    the clients send their partitions here (False on a serve process whose clients average elsewhere:
+    it then saves its state at each client's epoch end, as with one client).
     """
 
-    def __init__(self, clients: int, mode: str, client: nn.Module, save, wait_s: float):
+    def __init__(self, clients: int, mode: str, client: nn.Module, save, wait_s: float, partitions: bool = True):
         self.clients, self.mode, self.save, self.wait_s = clients, mode, save, wait_s
+        self.partitions = partitions and clients > 1
         self.lock = threading.Condition()  # also serialises the server's computation across clients
         self.weights = flat_state(client)  # the partition the next client (or round) starts from
         self.turn, self.round, self.pending = 0, 0, {}
@@ -438,7 +448,7 @@ class Rounds:
 
     def end(self, link: Link, index: int, weights: torch.Tensor | None, samples: float, steps: int) -> None:
         with self.lock:
-            if self.clients == 1:
+            if not self.partitions:
                 self.save(steps)
                 reply = torch.tensor(steps)
             elif self.mode == "sequential":
@@ -451,7 +461,8 @@ class Rounds:
                 this_round = self.round
                 if len(self.pending) == self.clients:
                     total = sum(n for _, n in self.pending.values())
-                    self.weights = sum(w * (n / total) for w, n in self.pending.values())
+                    # in client order, so that the average does not depend on which client ended first
+                    self.weights = sum(self.pending[k][0] * (self.pending[k][1] / total) for k in sorted(self.pending))
                     self.pending, self.round = {}, self.round + 1
                     self.save(steps)
                     self.lock.notify_all()
@@ -524,7 +535,11 @@ def serve_steps(link: Link, server: nn.Module, optimizer: torch.optim.Optimizer,
             continue
         if operation == EPOCH_END:
             weights = samples = None
-            if rounds.clients > 1:
+            if not rounds.partitions and shape:
+                raise TransportError("a client sent its partition to a server whose clients average through a "
+                                     "separate fed server; it must not see their weights: start every party with the "
+                                     "same federation settings")
+            if rounds.partitions:
                 if dtype != torch.float64 or shape != (state_size,):
                     raise TransportError(f"epoch_end with a client partition of shape {list(shape)} and {dtype}; "
                                          f"expected [{state_size}] float64: do both parties run the same model and cut?")
@@ -562,6 +577,24 @@ def serve_steps(link: Link, server: nn.Module, optimizer: torch.optim.Optimizer,
         link.send(head, sent.grad)
         if record:
             record.trained(message, labels, sent.grad)
+
+
+def average_rounds(link: Link, rounds: Rounds, index: int, state_size: int) -> int:
+    """SplitFed's fed server for one client: take its partition at each round's end, answer with the
+    round's average (:class:`Rounds`), until it ends the run; returns the rounds it took part in. It
+    answers nothing else: the fed server never sees a message, a label or a gradient."""
+    taken = 0
+    while True:
+        operation, step, dtype, shape = link.receive_header()
+        if operation == END:
+            return taken
+        if operation != EPOCH_END or dtype != torch.float64 or shape != (state_size,):
+            raise TransportError(f"the fed server takes client partitions only ([{state_size}] float64 at each round's "
+                                 f"end); client {index} sent {OPERATIONS[operation]} of shape {list(shape)} and {dtype}: "
+                                 f"is it the fed server's address that the client was given as --server?")
+        weights, samples = link.receive(shape, dtype), float(link.receive((), torch.float32))
+        rounds.end(link, index, weights, samples, step)
+        taken += 1
 
 
 def _check_message(operation, step, expected_step, dtype, shape, message_shape, max_batch) -> None:

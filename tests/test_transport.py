@@ -241,27 +241,37 @@ link = Link.connect(1, "127.0.0.1", rendezvous, own, 20)
         child.communicate()
 
 
-def _client_process(tmp_path: Path, port: int, index: int, mode: str, epochs: str) -> subprocess.Popen:
+def _client_process(tmp_path: Path, port: int, index: int, mode: str, epochs: str, *flags: str) -> subprocess.Popen:
     environment = {**os.environ, "SPLITPRIV_SECRET": SECRET, "WANDB_MODE": "disabled"}
     return subprocess.Popen([sys.executable, "-m", "splitpriv.cli", "client", "--out", str(tmp_path), "--name", f"c{index}",
                              "--server", f"127.0.0.1:{port}", "--clients", "2", "--federation", mode, "--client-index",
-                             str(index), "--no-progress", "--threads", "1", "--seed", "3", "--epochs", epochs],
+                             str(index), "--no-progress", "--threads", "1", "--seed", "3", "--epochs", epochs, *flags],
                             env=environment, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-@pytest.mark.parametrize("mode", ["splitfed", "sequential"])
-def test_two_clients_train_digits_with_one_server(tmp_path, mode):
-    """SplitFed: both clients end with the same averaged partition, so they test identically.
-    Sequential: the partition passes from client to client; the last one to train holds the model.
-    The server's record of each client holds that client's last epoch and test pass, no other's."""
-    port = free_port()
-    server = _serve(tmp_path, port, "--clients", "2", "--federation", mode, "--epochs", "4", "--record")
-    clients = [_client_process(tmp_path, port, index, mode, "4") for index in (0, 1)]
+@pytest.mark.parametrize("mode, fed_server", [("splitfed", False), ("splitfed", True), ("sequential", False)],
+                         ids=["splitfed", "splitfed-fed-server", "sequential"])
+def test_two_clients_train_digits_with_one_server(tmp_path, mode, fed_server):
+    """SplitFed: both clients end with the same averaged partition, so they test identically, whether
+    the server or a separate fed server averages it (then the server never receives a partition: it
+    refuses one). Sequential: the partition passes from client to client; the last one to train holds
+    the model. The server's record of each client holds that client's last epoch and test pass, no other's."""
+    port, fed_port = free_port(), free_port()
+    server = _serve(tmp_path, port, "--clients", "2", "--federation", mode, "--epochs", "4", "--record",
+                    *(["--separate-fed-server"] if fed_server else []))
+    fed = subprocess.Popen([sys.executable, "-m", "splitpriv.cli", "federate", "--out", str(tmp_path), "--port",
+                            str(fed_port), *TRAINING, "--epochs", "4"], env={**os.environ, "SPLITPRIV_SECRET": SECRET},
+                           text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) if fed_server else None
+    flags = ["--fed-server", f"127.0.0.1:{fed_port}"] if fed_server else []
+    clients = [_client_process(tmp_path, port, index, mode, "4", *flags) for index in (0, 1)]
     for process in clients:
         out, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-2000:]
     code, output = _finish(server)
     assert code == 0, output
+    if fed:
+        code, fed_output = _finish(fed)
+        assert code == 0 and "averaged 4 rounds of 2 clients' partitions" in fed_output, fed_output
     metrics = [json.loads((tmp_path / f"c{index}" / "metrics.json").read_text()) for index in (0, 1)]
     served_steps = int(output.split("served ")[1].split()[0])
     steps_per_client = [-(-len_ // 64) * 4 for len_ in _shard_sizes(2)]
@@ -335,6 +345,29 @@ def test_sequential_rounds_give_each_client_its_turn_with_the_partition_the_prev
     second.join(30)
     assert order == [0, 1]
     assert torch.equal(links[1].sent[0][0], left_by_client_0)  # client 1 starts where client 0 stopped
+
+
+class _Sends:
+    """Stands in for a Link that delivers one request header."""
+
+    def __init__(self, header):
+        self.header = header
+
+    def receive_header(self):
+        return self.header
+
+
+def test_a_server_whose_clients_average_elsewhere_refuses_a_partition_and_a_fed_server_refuses_a_message():
+    from splitpriv.transport import EPOCH_END, TRAIN, Rounds, average_rounds, serve_steps
+
+    server = torch.nn.Linear(4, 2)
+    rounds = Rounds(2, "splitfed", torch.nn.Linear(2, 1), save=lambda step: None, wait_s=5, partitions=False)
+    with pytest.raises(TransportError, match="must not see their weights"):
+        serve_steps(_Sends((EPOCH_END, 0, torch.float64, (3,))), server, torch.optim.SGD(server.parameters(), 0.1), (4,),
+                    2, 64, rounds, 0, 3)
+    averaging = Rounds(2, "splitfed", torch.nn.Linear(2, 1), save=lambda step: None, wait_s=5)
+    with pytest.raises(TransportError, match="takes client partitions only"):
+        average_rounds(_Sends((TRAIN, 1, torch.float32, (8, 4))), averaging, 0, 3)
 
 
 def test_the_passive_attack_runs_from_the_servers_record_alone(tmp_path, capsys):

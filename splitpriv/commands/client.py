@@ -15,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="rejoin the server from the run folder's last checkpoint (one client; the same serve process)")
     parser.add_argument("--server", default="127.0.0.1:29400", help="HOST:PORT of 'splitpriv serve'")
+    parser.add_argument("--fed-server", help="HOST:PORT of 'splitpriv federate', SplitFed's separate fed server, which "
+                                             "then averages the client partitions instead of the server")
     parser.add_argument("--client-index", type=int, default=0,
                         help="this client's index among --clients (0..N-1): it trains on every N-th private image from it")
     add_transport_arguments(parser)
@@ -26,10 +28,12 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = {"training.progress_bar": False} if args.no_progress else {}
     cfg = config_from_args(args, overrides)
-    parse_address(args.server)
+    for address in (args.server, args.fed_server):
+        if address is not None:
+            parse_address(address)
     shaping, federation = shaping_from_args(args), federation_from_args(args)
     run = train_client(cfg, args.server, read_secret(args.secret_file), args.timeout, shaping, federation,
-                       args.client_index, force=args.force, resume=args.resume)
+                       args.client_index, args.fed_server, force=args.force, resume=args.resume)
     print(f"run written to {run.path} (the client's state; the server keeps its own)")
     print(json.dumps(run.metrics, indent=2))
     return 0

@@ -26,7 +26,7 @@ def add_transport_arguments(parser: argparse.ArgumentParser) -> None:
 def federation_from_args(args: argparse.Namespace):
     from splitpriv.parties import Federation
 
-    return Federation(args.clients, args.federation)
+    return Federation(args.clients, args.federation, bool(getattr(args, "fed_server", None)))
 
 
 def shaping_from_args(args: argparse.Namespace):
@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="start from the server state a killed serve process left in its folder, for a client "
                              "that resumes at the same step (one client)")
+    parser.add_argument("--separate-fed-server", dest="fed_server", action="store_true",
+                        help="SplitFed: the clients average their partitions through 'splitpriv federate', so this "
+                             "server never receives their weights")
     add_transport_arguments(parser)
 
 
