@@ -76,17 +76,20 @@ class ServerStates:
     client that rejoins from its checkpoint. The last ``keep`` are held in memory: two, because a client
     killed after the server saved a round's end but before its own checkpoint of it resumes from the
     round before. The latest two are also on disk, for a serve process that is killed: the latest in
-    ``path``, the one before in ``server.previous.ckpt`` beside it, each replaced atomically."""
+    ``path``, the one before in ``server.previous.ckpt`` beside it, each replaced atomically. Held by
+    step, in the order saved (sequential clients' steps are each client's own, so not in order)."""
 
     def __init__(self, server: torch.nn.Module, optimizer: torch.optim.Optimizer, path: Path, keep: int = 2):
         self.server, self.optimizer, self.path, self.keep = server, optimizer, path, keep
         self.states: dict[int, dict] = {}
+        self.latest: int | None = None
 
     def save(self, step: int) -> None:
         state = copy.deepcopy({"server": self.server.state_dict(), "optimizer": self.optimizer.state_dict(), "step": step})
-        self.states[step] = state
-        for old in sorted(self.states)[:-self.keep]:
-            del self.states[old]
+        self.states.pop(step, None)
+        self.states[step], self.latest = state, step
+        while len(self.states) > self.keep:
+            del self.states[next(iter(self.states))]
         temporary = self.path.with_name(f".{self.path.name}.tmp")
         torch.save(state, temporary)
         if self.path.exists():
@@ -107,6 +110,7 @@ class ServerStates:
     def hold(self, states: dict[int, dict]) -> None:
         """Hold ``states`` (by step, read from a killed serve process's folder) instead of the current one."""
         self.states = dict(states)
+        self.latest = next(reversed(self.states), None)
 
     def refusal(self, step) -> str | None:
         """Why a client that resumes after training step ``step`` cannot rejoin, or None."""
@@ -154,9 +158,10 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
           record: bool = False, resume: bool = False) -> dict:
     """Serve the clients' training run: wait for ``federation.clients`` clients, then answer their steps
     (one thread per client, the server's computation one step at a time) until each ends the run.
-    Writes ``<out>/server.ckpt`` (the server partition and its optimizer) at every round's end. One
-    client that vanishes or stalls may rejoin within ``timeout_s`` from its last checkpoint
-    (``splitpriv client --resume``): the server goes back to its state at that step. With
+    Writes ``<out>/server.ckpt`` (the server partition and its optimizer) at every round's end. A
+    client that vanishes or stalls (the only one, or one of sequential clients) may rejoin within
+    ``timeout_s`` from its last checkpoint (``splitpriv client --resume``): the server goes back to its
+    state at that step (sequential: at the start of the interrupted turn). With
     ``record`` what the server observed of each client (:class:`~splitpriv.transport.ObservationRecord`):
     ``<out>/observed.pt`` with one client, ``<out>/observed-client<k>.pt`` for client k of several.
     ``resume``: start from ``<out>/server.ckpt`` of a serve process that was killed, for a client that
@@ -198,25 +203,51 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
     else:
         states.save(0)
     rounds = Rounds(federation.clients, federation.mode, module.client, states.save, timeout_s * TURN_WAIT_FACTOR,
-                    partitions=not federation.fed_server)
+                    partitions=not federation.fed_server, server=server)
     observations = {index: ObservationRecord() for index in joined} if record else {}
     steps: dict[int, int] = {}
     errors: list[BaseException] = []
 
-    def rejoined(lost: PeerLost) -> tuple[Link, int]:
-        """One client vanished or stalled: wait for it to rejoin from its last checkpoint."""
-        print(f"the client was lost ({lost}); waiting {timeout_s:.0f} s for it to rejoin from its last checkpoint "
-              f"('splitpriv client ... --resume')", flush=True)
-        try:
-            hello, link = door.admit(lambda hello: states.refusal(hello.get("resume_step", 0)))
-        except TransportError as error:
-            raise TransportError(f"the client was lost and did not rejoin: {error}") from None
+    turn_ends = {index: hello.get("resume_step", 0) for index, (_, hello) in joined.items()}  # each client's last
+    rejoining = threading.Lock()  # one door: clients rejoin one at a time
+
+    def refusal(index: int, hello: dict) -> str | None:
+        """Why client ``index`` cannot rejoin with ``hello``, or None."""
+        if hello.get("client_index") != index:
+            return f"client {index} is being waited for; client {hello.get('client_index')!r} has not been lost"
         step = hello.get("resume_step", 0)
-        states.restore(step)
-        if observations:
-            observations[0].rewind()
-        print(f"the client rejoined after training step {step}; the server's state is restored to that step", flush=True)
+        if federation.clients == 1:
+            return states.refusal(step)
+        if step != turn_ends[index]:
+            return (f"client {index} resumes after training step {step!r}, but its last turn ended after step "
+                    f"{turn_ends[index]} (its checkpoint of that turn was lost); start every party afresh")
+        return None
+
+    def rejoined(index: int, lost: PeerLost) -> tuple[Link, int]:
+        """Client ``index`` vanished or stalled: wait for it to rejoin from its last checkpoint. One client:
+        the server goes back to its state at that checkpoint's step. Sequential clients: to its state at
+        the start of the lost client's turn (the others' steps are all before it)."""
+        print(f"client {index} was lost ({lost}); waiting {timeout_s:.0f} s for it to rejoin from its last checkpoint "
+              f"('splitpriv client ... --resume')", flush=True)
+        with rejoining:
+            try:
+                hello, link = door.admit(lambda hello: refusal(index, hello))
+            except TransportError as error:
+                raise TransportError(f"client {index} was lost and did not rejoin: {error}") from None
+            step = hello.get("resume_step", 0)
+            with rounds.lock:
+                if federation.clients == 1:
+                    states.restore(step)
+                elif rounds.turn == index:  # lost in its turn: the steps of that turn are undone
+                    states.restore(states.latest)
+        if index in observations:
+            observations[index].rewind()
+        print(f"client {index} rejoined after training step {step}; the server's state is restored to the start of "
+              f"the steps it will send again", flush=True)
         return link, step
+
+    def turn_ended(index: int, step: int) -> None:
+        turn_ends[index] = step
 
     def serve_one(index: int, link: Link) -> None:
         first_step = joined[index][1].get("resume_step", 0)
@@ -225,13 +256,14 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
                 try:
                     steps[index] = serve_steps(link, server, optimizer, message_shape, num_classes,
                                                max(cfg.training.batch_size, 1024), rounds, index,
-                                               flat_size(module.client), observations.get(index), first_step)
+                                               flat_size(module.client), observations.get(index), first_step,
+                                               turn_ended)
                     return
                 except PeerLost as lost:
-                    if federation.clients > 1:  # the others' steps are interleaved in the server's state
-                        raise
+                    if federation.clients > 1 and federation.mode != "sequential":
+                        raise  # SplitFed's clients' steps are interleaved in the server's state
                     link.close()
-                    link, first_step = rejoined(lost)
+                    link, first_step = rejoined(index, lost)
         except Exception as error:  # noqa: BLE001 - reported below, after the other clients' threads end
             errors.append(error)
             rounds.fail(f"client {index}: {error}")
@@ -361,9 +393,9 @@ def _saved_states(folder: Path, federation: Federation) -> dict[int, dict]:
 
 def _checkpointed_step(cfg: RunConfig, federation: Federation) -> int:
     """The last training step of the client's checkpoint, where the server must resume with it."""
-    if federation.clients > 1:
-        raise SplitprivError("--resume with several clients is not supported yet: the server's state mixes every "
-                             "client's steps; with one client a killed client rejoins with --resume")
+    if federation.clients > 1 and federation.mode != "sequential":
+        raise SplitprivError("--resume with several SplitFed clients is not supported yet: the server's state mixes "
+                             "their steps; a killed client rejoins with --resume alone or with sequential clients")
     path = Path(cfg.out) / cfg.run_name() / CHECKPOINT
     if not path.is_file():
         raise SplitprivError(f"cannot resume: no checkpoint at {path} (no epoch had finished); start the client "

@@ -20,6 +20,7 @@ the seconds of the rendezvous. Use it on loopback, a private network or a tunnel
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import hmac
@@ -243,17 +244,18 @@ class Link:
         if delay:
             time.sleep(delay)
         for tensor in tensors:
-            self._wait(self.group.send([tensor.detach().contiguous()], self.peer, 0), "sending")
+            self._wait(lambda: self.group.send([tensor.detach().contiguous()], self.peer, 0), "sending")
 
     def receive(self, shape: tuple[int, ...], dtype: torch.dtype, timeout_s: float | None = None) -> torch.Tensor:
         tensor = torch.empty(shape, dtype=dtype)
-        self._wait(self.group.recv([tensor], self.peer, 0), "waiting for", timeout_s)
+        self._wait(lambda: self.group.recv([tensor], self.peer, 0), "waiting for", timeout_s)
         return tensor
 
-    def _wait(self, work, doing: str, timeout_s: float | None = None) -> None:
+    def _wait(self, start, doing: str, timeout_s: float | None = None) -> None:
+        """Start a send or receive and wait for it; a closed peer fails the start itself, a silent one the wait."""
         timeout_s = timeout_s or self.timeout_s
         try:
-            work.wait(datetime.timedelta(seconds=timeout_s))
+            start().wait(datetime.timedelta(seconds=timeout_s))
         except (RuntimeError, dist.DistBackendError) as error:
             party = "server" if self.peer == 0 else "client"
             raise PeerLost(f"{doing} the {party} failed: it vanished or stalled for more than "
@@ -426,9 +428,13 @@ class Rounds:
     it then saves its state at each client's epoch end, as with one client).
     """
 
-    def __init__(self, clients: int, mode: str, client: nn.Module, save, wait_s: float, partitions: bool = True):
+    def __init__(self, clients: int, mode: str, client: nn.Module, save, wait_s: float, partitions: bool = True,
+                 server: nn.Module | None = None):
         self.clients, self.mode, self.save, self.wait_s = clients, mode, save, wait_s
         self.partitions = partitions and clients > 1
+        # sequential: the server as each client left it, which answers that client's evaluations outside its
+        # turns (its test pass runs while the next client trains)
+        self.server, self.left, self.in_turn = server, {}, set()
         self.lock = threading.Condition()  # also serialises the server's computation across clients
         self.weights = flat_state(client)  # the partition the next client (or round) starts from
         self.turn, self.round, self.pending = 0, 0, {}
@@ -444,7 +450,14 @@ class Rounds:
         with self.lock:
             self._wait_until(lambda: self.turn == index)
             weights = self.weights
+            self.in_turn.add(index)
         link.send(weights)
+
+    def evaluating(self, index: int) -> nn.Module | None:
+        """The server that answers client ``index``'s evaluation (call under ``lock``)."""
+        if index in self.in_turn or index not in self.left:
+            return self.server
+        return self.left[index]
 
     def end(self, link: Link, index: int, weights: torch.Tensor | None, samples: float, steps: int) -> None:
         with self.lock:
@@ -453,6 +466,9 @@ class Rounds:
                 reply = torch.tensor(steps)
             elif self.mode == "sequential":
                 self.weights, self.turn = weights, (index + 1) % self.clients
+                self.in_turn.discard(index)
+                if self.server is not None:
+                    self.left[index] = copy.deepcopy(self.server).eval()
                 self.save(steps)
                 self.lock.notify_all()
                 reply = torch.tensor(steps)
@@ -516,9 +532,10 @@ class ObservationRecord:
 
 def serve_steps(link: Link, server: nn.Module, optimizer: torch.optim.Optimizer, message_shape: tuple[int, ...],
                 num_classes: int, max_batch: int, rounds: Rounds, index: int = 0, state_size: int = 0,
-                record: ObservationRecord | None = None, first_step: int = 0) -> int:
+                record: ObservationRecord | None = None, first_step: int = 0, round_ended=None) -> int:
     """Answer one client's requests until it ends the run; returns the number of its last training step
-    (``first_step``: the last one taken before, when the client resumed from a checkpoint).
+    (``first_step``: the last one taken before, when the client resumed from a checkpoint;
+    ``round_ended(index, step)``: told after each of its rounds ends).
 
     One training step is the server's half of :meth:`SplitLearningModule.training_step`, the same
     operations in the same order: ``loss = CE(server(message), y)``, backward, step, and the
@@ -545,6 +562,8 @@ def serve_steps(link: Link, server: nn.Module, optimizer: torch.optim.Optimizer,
                                          f"expected [{state_size}] float64: do both parties run the same model and cut?")
                 weights, samples = link.receive(shape, dtype), float(link.receive((), torch.float32))
             rounds.end(link, index, weights, samples, expected_step)
+            if round_ended:
+                round_ended(index, expected_step)
             if record:
                 record.epoch_end()
             continue
@@ -552,8 +571,9 @@ def serve_steps(link: Link, server: nn.Module, optimizer: torch.optim.Optimizer,
         message = link.receive(shape, dtype)
         if operation == EVAL:
             with rounds.lock, torch.no_grad():
-                server.eval()
-                logits = server(message).float()
+                evaluating = rounds.evaluating(index) or server
+                evaluating.eval()
+                logits = evaluating(message).float()
             link.send(logits)
             if record:
                 record.evaluation(message)

@@ -107,7 +107,7 @@ def test_a_killed_client_rejoins_and_a_killed_server_resumes_as_if_never_interru
     _, errors = second.communicate(timeout=120)
     assert second.returncode == 2 and "vanished or stalled" in errors and "Traceback" not in errors, errors[-2000:]
     code, output = _finish(server)
-    assert "the client rejoined after training step" in output
+    assert "client 0 rejoined after training step" in output
     assert checkpoint_epoch(checkpoint) < 3
 
     server = _serve(tmp_path, port, "--epochs", "4", "--resume")
@@ -236,6 +236,9 @@ link = Link.connect(1, "127.0.0.1", rendezvous, own, 20)
         with pytest.raises(TransportError, match="vanished or stalled for more than 3 s"):
             link.receive_header()
         assert time.monotonic() - started < 10
+        if "exit" in then:  # a send to a closed peer fails as it starts: the same error, not Gloo's own
+            with pytest.raises(TransportError, match="sending the client failed"):
+                link.send(torch.zeros(1 << 20))
     finally:
         child.kill()
         child.communicate()
@@ -287,6 +290,39 @@ def test_two_clients_train_digits_with_one_server(tmp_path, mode, fed_server):
         assert metrics[0]["test_accuracy"] >= 0.8
     else:
         assert max(m["test_accuracy"] for m in metrics) >= 0.8
+
+
+def test_a_killed_sequential_client_rejoins_and_the_run_ends_as_if_never_interrupted(tmp_path):
+    """Sequential split learning, two clients: SIGKILL client 1 once its first turn is checkpointed (in
+    or before its second turn) and start it again with --resume. The server undoes the steps of the
+    interrupted turn; both clients and the server end bit for bit where an uninterrupted run ends."""
+    runs = {}
+    for interrupted in (True, False):
+        out = tmp_path / ("interrupted" if interrupted else "uninterrupted")
+        port = free_port()
+        server = _serve(out, port, "--clients", "2", "--federation", "sequential", "--epochs", "3")
+        flags = ["--rtt-ms", "60"] if interrupted else []  # slower steps, so that the kill lands mid-run
+        clients = [_client_process(out, port, index, "sequential", "3", *flags) for index in (0, 1)]
+        if interrupted:
+            wait_for(lambda: checkpoint_epoch(out / "c1" / "checkpoints" / "last.ckpt") >= 0 or clients[1].poll() is not None)
+            clients[1].kill()
+            clients[1].wait()
+            assert not (out / "c1" / "metrics.json").exists(), "client 1 finished before the kill"
+            clients[1] = _client_process(out, port, 1, "sequential", "3", *flags, "--resume")
+        for process in clients:
+            _, errors = process.communicate(timeout=300)
+            assert process.returncode == 0, errors[-2000:]
+        code, output = _finish(server)
+        assert code == 0, output
+        assert ("client 1 rejoined after training step" in output) == interrupted, output
+        runs[interrupted] = out
+    for name in ("c0", "c1"):
+        states = [read_checkpoint(runs[flag] / name / "checkpoints" / "last.ckpt")["state_dict"] for flag in (True, False)]
+        assert all(torch.equal(value, states[1][key]) for key, value in states[0].items()), name
+        metrics = [json.loads((runs[flag] / name / "metrics.json").read_text()) for flag in (True, False)]
+        assert metrics[0]["test_loss"] == metrics[1]["test_loss"], name
+    servers = [torch.load(next(runs[flag].glob(f"*-server/{SERVER_STATE}")), weights_only=True)["server"] for flag in (True, False)]
+    assert all(torch.equal(value, servers[1][key]) for key, value in servers[0].items())
 
 
 def _data(seed: int):

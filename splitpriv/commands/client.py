@@ -13,7 +13,8 @@ HELP = "train as the client party against 'splitpriv serve' (same config; the ru
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_training_arguments(parser)
     parser.add_argument("--resume", action="store_true",
-                        help="rejoin the server from the run folder's last checkpoint (one client; the same serve process)")
+                        help="rejoin the server from the run folder's last checkpoint (one client, or sequential clients; the "
+                             "same serve process)")
     parser.add_argument("--server", default="127.0.0.1:29400", help="HOST:PORT of 'splitpriv serve'")
     parser.add_argument("--fed-server", help="HOST:PORT of 'splitpriv federate', SplitFed's separate fed server, which "
                                              "then averages the client partitions instead of the server")
