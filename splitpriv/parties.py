@@ -174,24 +174,18 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
     folder = Path(out)
     saved = _saved_states(folder, federation) if resume else {}
     start_steps = sorted(saved) or [0]
-    joined: dict[int, tuple[Link, dict]] = {}
 
-    def validate(hello: dict) -> str | None:
-        index = hello.get("client_index")
-        if not isinstance(index, int) or not 0 <= index < federation.clients:
-            return f"client index {index!r} is outside 0..{federation.clients - 1}"
+    def refusal_to_start(hello: dict) -> str | None:
         step = hello.get("resume_step", 0)
-        if step not in start_steps:
-            return (f"the client starts after training step {step!r}, this server after step "
-                    f"{' or '.join(map(str, start_steps))} ({'its saved states' if saved else 'a fresh start'}); start "
-                    f"both afresh (the client with --force), or resume both (serve --resume holds the server's last "
-                    f"two epoch ends)")
-        return f"a client with index {index} has joined already" if index in joined else None
+        if step in start_steps:
+            return None
+        return (f"the client starts after training step {step!r}, this server after step "
+                f"{' or '.join(map(str, start_steps))} ({'its saved states' if saved else 'a fresh start'}); start "
+                f"both afresh (the client with --force), or resume both (serve --resume holds the server's last "
+                f"two epoch ends)")
 
     door = _Door(host, port, secret, digest, timeout_s, shaping, on_listening)
-    while len(joined) < federation.clients:
-        hello, link = door.admit(validate)
-        joined[hello["client_index"]] = (link, hello)
+    joined = _admit_clients(door, federation.clients, refusal_to_start)
     module, message_shape, num_classes = _server_party(cfg, joined[0][1])
     server = module.server
     optimizer = make_optimizer(server.parameters(), cfg.training.server_optimizer)
@@ -206,8 +200,6 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
                     partitions=not federation.fed_server, server=server)
     observations = {index: ObservationRecord() for index in joined} if record else {}
     steps: dict[int, int] = {}
-    errors: list[BaseException] = []
-
     turn_ends = {index: hello.get("resume_step", 0) for index, (_, hello) in joined.items()}  # each client's last
     rejoining = threading.Lock()  # one door: clients rejoin one at a time
 
@@ -251,30 +243,19 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
 
     def serve_one(index: int, link: Link) -> None:
         first_step = joined[index][1].get("resume_step", 0)
-        try:
-            while True:
-                try:
-                    steps[index] = serve_steps(link, server, optimizer, message_shape, num_classes,
-                                               max(cfg.training.batch_size, 1024), rounds, index,
-                                               flat_size(module.client), observations.get(index), first_step,
-                                               turn_ended)
-                    return
-                except PeerLost as lost:
-                    if federation.clients > 1 and federation.mode != "sequential":
-                        raise  # SplitFed's clients' steps are interleaved in the server's state
-                    link.close()
-                    link, first_step = rejoined(index, lost)
-        except Exception as error:  # noqa: BLE001 - reported below, after the other clients' threads end
-            errors.append(error)
-            rounds.fail(f"client {index}: {error}")
+        while True:
+            try:
+                steps[index] = serve_steps(link, server, optimizer, message_shape, num_classes,
+                                           max(cfg.training.batch_size, 1024), rounds, index,
+                                           flat_size(module.client), observations.get(index), first_step, turn_ended)
+                return
+            except PeerLost as lost:
+                if federation.clients > 1 and federation.mode != "sequential":
+                    raise  # SplitFed's clients' steps are interleaved in the server's state
+                link.close()
+                link, first_step = rejoined(index, lost)
 
-    threads = [threading.Thread(target=serve_one, args=(index, link)) for index, (link, _) in sorted(joined.items())]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0] if isinstance(errors[0], SplitprivError) else TransportError(str(errors[0]))
+    _for_each_client(joined, rounds, serve_one)
     states.save(sum(steps.values()))
     recorded = [folder / record_name(index, federation.clients) for index in sorted(observations)]
     for index, path in zip(sorted(observations), recorded):
@@ -292,41 +273,54 @@ def federate(cfg: RunConfig, host: str, port: int, secret: bytes, federation: Fe
     the serve process then sees no partition. Returns a summary (rounds, clients)."""
     if not federation.fed_server:
         raise ConfigError("fed server", federation, "Federation(clients >= 2, 'splitfed', fed_server=True)")
-    digest = config_digest(agreed_settings(cfg, federation))
+    door = _Door(host, port, secret, config_digest(agreed_settings(cfg, federation)), timeout_s, None, on_listening)
+
+    def refusal(hello: dict) -> str | None:
+        return "a fed server does not resume; start every party afresh" if hello.get("resume_step", 0) else None
+
+    joined = _admit_clients(door, federation.clients, refusal)
+    client = _server_party(cfg, joined[0][1])[0].client
+    rounds = Rounds(federation.clients, federation.mode, client, lambda step: None, timeout_s * TURN_WAIT_FACTOR)
+    _for_each_client(joined, rounds, lambda index, link: average_rounds(link, rounds, index, flat_size(client)))
+    return {"rounds": rounds.round, "clients": federation.clients}
+
+
+def _admit_clients(door: _Door, clients: int, refusal) -> dict[int, tuple[Link, dict]]:
+    """``clients`` clients admitted through ``door``, by index (each once): their links and hellos.
+    ``refusal(hello)``: a further reason to refuse a client, or None."""
     joined: dict[int, tuple[Link, dict]] = {}
 
     def validate(hello: dict) -> str | None:
         index = hello.get("client_index")
-        if not isinstance(index, int) or not 0 <= index < federation.clients:
-            return f"client index {index!r} is outside 0..{federation.clients - 1}"
-        if hello.get("resume_step", 0):
-            return "a fed server does not resume; start every party afresh"
-        return f"a client with index {index} has joined already" if index in joined else None
+        if not isinstance(index, int) or not 0 <= index < clients:
+            return f"client index {index!r} is outside 0..{clients - 1}"
+        return f"a client with index {index} has joined already" if index in joined else refusal(hello)
 
-    door = _Door(host, port, secret, digest, timeout_s, None, on_listening)
-    while len(joined) < federation.clients:
+    while len(joined) < clients:
         hello, link = door.admit(validate)
         joined[hello["client_index"]] = (link, hello)
-    client = _server_party(cfg, joined[0][1])[0].client
-    rounds = Rounds(federation.clients, federation.mode, client, lambda step: None, timeout_s * TURN_WAIT_FACTOR)
-    taken: dict[int, int] = {}
+    return joined
+
+
+def _for_each_client(joined: dict[int, tuple[Link, dict]], rounds: Rounds, work) -> None:
+    """``work(index, link)`` for every client, each in its own thread. A failure ends the other clients'
+    waits at the rounds, and the first one is raised once every thread has ended."""
     errors: list[BaseException] = []
 
-    def average_for(index: int, link: Link) -> None:
+    def run(index: int, link: Link) -> None:
         try:
-            taken[index] = average_rounds(link, rounds, index, flat_size(client))
+            work(index, link)
         except Exception as error:  # noqa: BLE001 - reported below, after the other clients' threads end
             errors.append(error)
             rounds.fail(f"client {index}: {error}")
 
-    threads = [threading.Thread(target=average_for, args=(index, link)) for index, (link, _) in sorted(joined.items())]
+    threads = [threading.Thread(target=run, args=(index, link)) for index, (link, _) in sorted(joined.items())]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     if errors:
         raise errors[0] if isinstance(errors[0], SplitprivError) else TransportError(str(errors[0]))
-    return {"rounds": rounds.round, "clients": federation.clients}
 
 
 def record_name(index: int, clients: int) -> str:

@@ -301,7 +301,9 @@ def test_a_killed_sequential_client_rejoins_and_the_run_ends_as_if_never_interru
         out = tmp_path / ("interrupted" if interrupted else "uninterrupted")
         port = free_port()
         server = _serve(out, port, "--clients", "2", "--federation", "sequential", "--epochs", "3")
-        flags = ["--rtt-ms", "60"] if interrupted else []  # slower steps, so that the kill lands mid-run
+        # slower steps, so that the kill lands before client 1 ends its next turn (a checkpoint that misses its
+        # last turn is refused by design)
+        flags = ["--rtt-ms", "150"] if interrupted else []
         clients = [_client_process(out, port, index, "sequential", "3", *flags) for index in (0, 1)]
         if interrupted:
             wait_for(lambda: checkpoint_epoch(out / "c1" / "checkpoints" / "last.ckpt") >= 0 or clients[1].poll() is not None)
