@@ -2,11 +2,15 @@
 
 (a) the whole model as one module, one Adam optimizer, a plain loop;
 (b) splitpriv's split training step (client/server optimizers, detach at the cut, gradient sent
-    back) driven by Lightning, no defense.
+    back) driven by Lightning, no defense;
+(c) the whole model as one module driven by Lightning the same way (manual optimisation, one
+    wrapped optimizer): what Lightning's loop costs without any split.
 
-Both run interleaved, batch by batch, in one process (the machine is shared and noisy), and the
-script prints the ratio of median per-step times (b)/(a) over >= 30 steps after warm-up. The
-ideal is 1.00: the split adds no arithmetic, only the bookkeeping of the cut.
+Each Lightning run times a plain step (a) on the same batch before each of its steps, interleaved
+in one process (the machine is shared and noisy), and the script prints the ratios of median
+per-step times over >= 30 steps after warm-up: (b)/(a), the headline; (c)/(a), Lightning's share;
+and (b)/(c) = [(b)/(a)] / [(c)/(a)], the split's own. The ideal is 1.00: the split adds no
+arithmetic, only the bookkeeping of the cut.
 
 Every built-in model: small_cnn and mlp on digits (batch 64), vgg11, vgg11_bn, vgg16 and resnet18 on
 32x32 RGB inputs (batch 16), each cut at its default (middle) cut.
@@ -29,7 +33,7 @@ from splitpriv.config import OptimizerConfig
 from splitpriv.data import DataConfig, make_splits
 from splitpriv.experiment import quiet_lightning
 from splitpriv.models import build_model
-from splitpriv.training import SplitLearningModule
+from splitpriv.training import SplitLearningModule, make_optimizer
 
 
 SMALL_MODELS = ("small_cnn", "mlp")  # timed on digits; the others on 32x32 RGB
@@ -62,12 +66,31 @@ class InterleavedTimer(L.Callback):
             self.split_times.append(time.perf_counter() - self._split_started)
 
 
-def measure(label: str, model, cut: int, inputs, labels, batch_size: int, steps: int, warmup: int, accelerator: str):
+class OneModule(L.LightningModule):
+    """(c): the unsplit model under Lightning's manual optimisation, the split step's optimizer."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.automatic_optimization = False
+        self.model = model
+
+    def configure_optimizers(self):
+        return make_optimizer(self.model.parameters(), OptimizerConfig())
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(F.cross_entropy(self.model(x), y))
+        optimizer.step()
+
+
+def time_against_plain(module: L.LightningModule, model, inputs, labels, batch_size: int, steps: int, warmup: int,
+                       accelerator: str) -> tuple[float, float, int]:
+    """(median plain step, median step of ``module`` under Lightning, steps timed)."""
     device = "cuda" if accelerator == "gpu" else "cpu"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    plain_model = copy.deepcopy(model).to(device)
-    module = SplitLearningModule(model, cut, int(labels.max()) + 1, OptimizerConfig(), OptimizerConfig())
-    timer = InterleavedTimer(plain_model, warmup, sync)
+    timer = InterleavedTimer(copy.deepcopy(model).to(device), warmup, sync)
     n = batch_size * (steps + warmup)
     repeat = -(-n // len(inputs))
     loader = DataLoader(TensorDataset(inputs.repeat(repeat, 1, 1, 1)[:n], labels.repeat(repeat)[:n]),
@@ -75,9 +98,17 @@ def measure(label: str, model, cut: int, inputs, labels, batch_size: int, steps:
     trainer = L.Trainer(max_epochs=1, accelerator=accelerator, devices=1, logger=False, callbacks=[timer],
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, loader)
-    plain, split = statistics.median(timer.plain_times), statistics.median(timer.split_times)
-    print(f"{label:<34} steps={len(timer.split_times):>3}  plain {plain * 1e3:8.2f} ms  split {split * 1e3:8.2f} ms"
-          f"  ratio (b)/(a) = {split / plain:.3f}")
+    return statistics.median(timer.plain_times), statistics.median(timer.split_times), len(timer.split_times)
+
+
+def measure(label: str, model, cut: int, inputs, labels, batch_size: int, steps: int, warmup: int, accelerator: str):
+    timing = (inputs, labels, batch_size, steps, warmup, accelerator)
+    split_module = SplitLearningModule(copy.deepcopy(model), cut, int(labels.max()) + 1, OptimizerConfig(), OptimizerConfig())
+    plain, split, timed = time_against_plain(split_module, model, *timing)
+    plain_c, whole, _ = time_against_plain(OneModule(copy.deepcopy(model)), model, *timing)
+    lightning_share = whole / plain_c
+    print(f"{label:<34} steps={timed:>3}  plain {plain * 1e3:8.2f} ms  split {split * 1e3:8.2f} ms"
+          f"  ratio (b)/(a) = {split / plain:.3f}  (c)/(a) = {lightning_share:.3f}  (b)/(c) = {split / plain / lightning_share:.3f}")
     return split / plain
 
 

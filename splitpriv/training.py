@@ -11,6 +11,12 @@ One step, with the network boundary explicit:
    e.g. DP-SGD's, if one wraps it);
 5. trainable parts at the cut (a simulated attacker, a bottleneck's codec) take their own step.
 
+In one process and without a client loss term, training privatizer or trainable part at the cut,
+steps 2-4 run as one backward pass through client and server: the gradient that reaches the message
+is then g = dL/d(message), the very gradient step 4 would send back, and what the client does with g
+is nothing but back-propagate it, so both parties' updates are the same (tested against the two
+passes, weight for weight, over whole trainings); the second pass and its bookkeeping are saved.
+
 Client and server are different parties, so each has its own optimizer. The cut pipeline is the
 run's defenses, then its transforms (compressions); each component is asked only for the roles it
 plays (:mod:`splitpriv.cut`). With a :class:`~splitpriv.transport.RemoteServer` in place of the server
@@ -78,14 +84,11 @@ class SplitLearningModule(L.LightningModule):
         self.exit_weights = exit_weights or ExitWeights()
         self.client_optimizer_cfg = client_optimizer or OptimizerConfig()
         self.server_optimizer_cfg = server_optimizer or OptimizerConfig()
-        # the training metric skips torchmetrics' per-update input checks: they cost more than the split
-        self.accuracy = nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(num_classes, average="micro", validate_args=s != "train")
-                                       for s in ("train", "val", "test")})
+        self.accuracy = nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(num_classes, average="micro") for s in ("val", "test")})
         self.activation_bytes_per_sample = 0
         self.gradient_bytes_per_sample = 0
         self.resuming_interrupted_run = False  # resuming a checkpoint whose training did not finish
-        self._train_loss_sum = torch.zeros(())
-        self._train_count = 0
+        self._epoch_sums = self._zero_sums()
 
     # ------------------------------------------------------------------ what crosses the cut
     def send(self, x: torch.Tensor, training: bool, noisy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,6 +181,10 @@ class SplitLearningModule(L.LightningModule):
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         client_opt, part_optimizers = optimizers[0], optimizers[1 if self.remote else 2:]
         activation, message, client_exit_logits = self.client_forward(x, training=True)
+        if self.one_backward_pass:
+            loss, logits = self._step_in_one_pass(message, client_exit_logits, y, client_opt, optimizers[1])
+            self._account_step(message, loss, logits, y)
+            return
 
         if self.remote:
             loss, logits, returned_gradient = self.server.train_step(message.detach(), y)
@@ -211,14 +218,44 @@ class SplitLearningModule(L.LightningModule):
 
         for part, part_optimizer in parts:
             part.update(context, part_optimizer)
+        self._account_step(message, loss, logits, y)
 
-        if not self.activation_bytes_per_sample:
+    @property
+    def one_backward_pass(self) -> bool:
+        """Whether a training step back-propagates client and server in one pass (module docstring)."""
+        return not self.remote and not any(isinstance(c, (ClientLossTerm, TrainingPrivatizer, TrainablePart))
+                                           for c in self.cut_pipeline)
+
+    def _step_in_one_pass(self, message, client_exit_logits, y, client_opt, server_opt):
+        """Steps 2-4 without the boundary's detach: ∂(L + Σ_i τ_i L_i)/∂θ for both parties in one
+        backward pass, L the server's loss and L_i the internal classifiers' (each party's own)."""
+        logits, server_exit_logits = run_blocks(self.server, self.server_exits, message)
+        loss = F.cross_entropy(logits, y)
+        objective = loss
+        if server_exit_logits:
+            objective = objective + self.exit_loss(self.server_exits, server_exit_logits, y)
+        if client_exit_logits:
+            objective = objective + self.exit_loss(self.client_exits, client_exit_logits, y)
+        server_opt.zero_grad()
+        client_opt.zero_grad()
+        self.manual_backward(objective)
+        server_opt.step()
+        client_opt.step()
+        return loss, logits
+
+    def _account_step(self, message, loss, logits, y) -> None:
+        if not self.activation_bytes_per_sample:  # the gradient has the message's shape and dtype
             self.activation_bytes_per_sample = self.wire_bytes(message)
-            self.gradient_bytes_per_sample = self.wire_bytes(returned_gradient, backward=True)
-        # accumulated, logged once per epoch: per-step logging would cost more than the split
-        self._train_loss_sum = self._train_loss_sum + loss.detach() * len(y)
-        self._train_count += len(y)
-        self.accuracy["train_acc"].update(logits.detach(), y)
+            self.gradient_bytes_per_sample = self.wire_bytes(message, backward=True)
+        # summed, logged once per epoch: per-step logging, or a metric's update, costs more than the split
+        sums = self._epoch_sums
+        sums["loss"] = sums["loss"] + loss.detach() * len(y)
+        sums["correct"] = sums["correct"] + (logits.detach().argmax(1) == y).sum()
+        sums["count"] += len(y)
+
+    @staticmethod
+    def _zero_sums() -> dict:
+        return {"loss": torch.zeros(()), "correct": torch.zeros((), dtype=torch.long), "count": 0}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.remote:  # where the server must resume when this client rejoins from the checkpoint
@@ -239,14 +276,15 @@ class SplitLearningModule(L.LightningModule):
             privatizer.teardown(self)
 
     def on_train_epoch_end(self):
-        train_loss = self._train_loss_sum / max(self._train_count, 1)
+        sums, self._epoch_sums = self._epoch_sums, self._zero_sums()
+        train_loss = sums["loss"] / max(sums["count"], 1)
         if not torch.isfinite(train_loss):  # raised before the epoch's checkpoint: the last good one stays
             raise TrainingDiverged(f"training diverged in epoch {self.current_epoch + 1}: the mean training loss is "
                                    f"{float(train_loss)}; lower the learning rate (training.client_optimizer.lr, "
                                    f"training.server_optimizer.lr) or the defense's strength")
         values = {
             "train_loss": train_loss,
-            "train_acc": self.accuracy["train_acc"].compute(),
+            "train_acc": sums["correct"] / max(sums["count"], 1),
             "activation_bytes_per_sample": float(self.activation_bytes_per_sample),
             "gradient_bytes_per_sample": float(self.gradient_bytes_per_sample),
         }
@@ -255,9 +293,6 @@ class SplitLearningModule(L.LightningModule):
             values.update(self.server.wire.take())
             self.server.epoch_end(self.client)
         self.log_dict(values, prog_bar=False)
-        self.accuracy["train_acc"].reset()
-        self._train_loss_sum = torch.zeros(())
-        self._train_count = 0
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, batch, stage: str):

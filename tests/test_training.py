@@ -99,23 +99,54 @@ class CountBackwardsAndSteps(__import__("lightning").Callback):
         self.steps += 1
 
 
-def test_both_parties_update_through_lightnings_precision_plugin(tmp_path):
-    """Server and client backward and step via manual_backward and the wrapped optimizers: two of
-    each per batch, which is what lets a precision plugin or strategy act on them."""
+def count_passes(tmp_path, **overrides) -> tuple[int, int, int]:
+    """(backward passes, optimizer steps, batches) of one epoch of training."""
     import lightning as L
 
+    from splitpriv.data import make_splits
     from splitpriv.experiment import loaders
     from splitpriv.runs import build_module
-    from splitpriv.data import make_splits
 
-    cfg = quick_config(tmp_path)
+    cfg = quick_config(tmp_path, **overrides)
     data = make_splits(cfg.data, cfg.seed)
     module = build_module(cfg, data.info.num_classes, data.info.in_channels, data.info.image_size)
     counter = CountBackwardsAndSteps()
     train_loader, _, _ = loaders(data, 64, 0)
     L.Trainer(max_epochs=1, accelerator="cpu", logger=False, callbacks=[counter], enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False).fit(module, train_loader)
-    assert counter.backwards == counter.steps == 2 * len(train_loader)
+    return counter.backwards, counter.steps, len(train_loader)
+
+
+def test_both_parties_update_through_lightnings_precision_plugin(tmp_path):
+    """Backward passes and steps go through manual_backward and the wrapped optimizers, which is
+    what lets a precision plugin or strategy act on them: one pass through both parties and a step
+    of each per batch; two passes when a client loss term needs the server's returned gradient."""
+    backwards, steps, batches = count_passes(tmp_path)
+    assert (backwards, steps) == (batches, 2 * batches)
+    backwards, steps, batches = count_passes(tmp_path, defenses=[{"name": "distance_correlation"}])
+    assert (backwards, steps) == (2 * batches, 2 * batches)
+
+
+@pytest.mark.parametrize("pipeline", [
+    {},
+    {"defenses": [{"name": "dp_noise", "epsilon": 8.0, "noise_seed": 1}]},
+    {"transforms": [{"name": "quantize", "bits": 4}], "exits.at": ["relu1", "fc1"]},
+    {"training.precision": "bf16-mixed"},
+], ids=["undefended", "dp_noise", "quantize+exits", "bf16-mixed"])
+def test_one_backward_pass_trains_the_same_weights_as_the_split_passes(tmp_path, monkeypatch, pipeline):
+    """The one-pass shortcut against the plain split step (server backward, then the client
+    back-propagating the returned gradient), over three epochs of training: the same weights."""
+    from splitpriv.training import SplitLearningModule
+
+    one_pass = train(quick_config(tmp_path, name="one", **pipeline))
+    monkeypatch.setattr(SplitLearningModule, "one_backward_pass", property(lambda self: False))
+    two_passes = train(quick_config(tmp_path, name="two", **pipeline))
+    weights = two_passes.module.state_dict()
+    assert weights.keys() == one_pass.module.state_dict().keys()
+    for name, value in one_pass.module.state_dict().items():
+        if isinstance(value, torch.Tensor):  # not a component's extra state (its accounting)
+            assert torch.equal(value, weights[name]), name
+    assert one_pass.metrics["test_accuracy"] == two_passes.metrics["test_accuracy"]
 
 
 def test_bf16_mixed_sends_bfloat16_messages_and_learns(tmp_path):
