@@ -25,9 +25,9 @@ from splitpriv.experiment import train
 from splitpriv.runs import Run, build_module
 from splitpriv.store import CHECKPOINT, read_checkpoint, read_tensors
 from splitpriv.training import REMOTE_STEP, SplitLearningModule, make_optimizer
-from splitpriv.transport import (MODES, TURN_WAIT_FACTOR, Link, ObservationRecord, PeerLost, RemoteServer, Rounds,
-                                 Shaping, TransportError, accept_client, average_rounds, config_digest, flat_size, join_server,
-                                 parse_address, serve_steps)
+from splitpriv.transport import (MODES, TURN_WAIT_FACTOR, Link, ObservationRecord, PeerLost, RemoteServer, Replay,
+                                 Rounds, Shaping, TransportError, accept_client, average_rounds, config_digest, flat_size,
+                                 join_server, parse_address, serve_steps)
 
 SERVER_STATE, PREVIOUS_STATE, OBSERVED = "server.ckpt", "server.previous.ckpt", "observed.pt"
 
@@ -199,6 +199,10 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
     rounds = Rounds(federation.clients, federation.mode, module.client, states.save, timeout_s * TURN_WAIT_FACTOR,
                     partitions=not federation.fed_server, server=server)
     observations = {index: ObservationRecord() for index in joined} if record else {}
+    # SplitFed's clients' steps interleave in the server's state, which cannot go back for one of them: a
+    # rejoined client's steps sent again are answered from its replay log instead
+    replays = {index: Replay(hello.get("resume_step", 0)) for index, (_, hello) in joined.items()} \
+        if federation.clients > 1 and federation.mode == "splitfed" and not federation.fed_server else {}
     steps: dict[int, int] = {}
     turn_ends = {index: hello.get("resume_step", 0) for index, (_, hello) in joined.items()}  # each client's last
     rejoining = threading.Lock()  # one door: clients rejoin one at a time
@@ -210,6 +214,8 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
         step = hello.get("resume_step", 0)
         if federation.clients == 1:
             return states.refusal(step)
+        if index in replays:
+            return replays[index].refusal(step)
         if step != turn_ends[index]:
             return (f"client {index} resumes after training step {step!r}, but its last turn ended after step "
                     f"{turn_ends[index]} (its checkpoint of that turn was lost); start every party afresh")
@@ -218,7 +224,8 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
     def rejoined(index: int, lost: PeerLost) -> tuple[Link, int]:
         """Client ``index`` vanished or stalled: wait for it to rejoin from its last checkpoint. One client:
         the server goes back to its state at that checkpoint's step. Sequential clients: to its state at
-        the start of the lost client's turn (the others' steps are all before it)."""
+        the start of the lost client's turn (the others' steps are all before it). SplitFed: the server's
+        state stays, and the steps the client sends again are answered from its replay log."""
         print(f"client {index} was lost ({lost}); waiting {timeout_s:.0f} s for it to rejoin from its last checkpoint "
               f"('splitpriv client ... --resume')", flush=True)
         with rejoining:
@@ -234,8 +241,10 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
                     states.restore(states.latest)
         if index in observations:
             observations[index].rewind()
-        print(f"client {index} rejoined after training step {step}; the server's state is restored to the start of "
-              f"the steps it will send again", flush=True)
+        print(f"client {index} rejoined after training step {step}; " + (
+            f"{replays[index].held_after(step)} step(s) it sends again are answered from the replay log"
+            if index in replays else "the server's state is restored to the start of the steps it will send again"),
+            flush=True)
         return link, step
 
     def turn_ended(index: int, step: int) -> None:
@@ -247,11 +256,12 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
             try:
                 steps[index] = serve_steps(link, server, optimizer, message_shape, num_classes,
                                            max(cfg.training.batch_size, 1024), rounds, index,
-                                           flat_size(module.client), observations.get(index), first_step, turn_ended)
+                                           flat_size(module.client), observations.get(index), first_step, turn_ended,
+                                           replays.get(index))
                 return
             except PeerLost as lost:
-                if federation.clients > 1 and federation.mode != "sequential":
-                    raise  # SplitFed's clients' steps are interleaved in the server's state
+                if federation.fed_server:
+                    raise  # the fed server holds the round ends, and it does not replay them
                 link.close()
                 link, first_step = rejoined(index, lost)
 
@@ -387,9 +397,9 @@ def _saved_states(folder: Path, federation: Federation) -> dict[int, dict]:
 
 def _checkpointed_step(cfg: RunConfig, federation: Federation) -> int:
     """The last training step of the client's checkpoint, where the server must resume with it."""
-    if federation.clients > 1 and federation.mode != "sequential":
-        raise SplitprivError("--resume with several SplitFed clients is not supported yet: the server's state mixes "
-                             "their steps; a killed client rejoins with --resume alone or with sequential clients")
+    if federation.fed_server:
+        raise SplitprivError("--resume with SplitFed's separate fed server is not supported yet: it does not replay a "
+                             "round's average; a killed client rejoins when the serve process averages (no --fed-server)")
     path = Path(cfg.out) / cfg.run_name() / CHECKPOINT
     if not path.is_file():
         raise SplitprivError(f"cannot resume: no checkpoint at {path} (no epoch had finished); start the client "

@@ -459,7 +459,9 @@ class Rounds:
             return self.server
         return self.left[index]
 
-    def end(self, link: Link, index: int, weights: torch.Tensor | None, samples: float, steps: int) -> None:
+    def end(self, index: int, weights: torch.Tensor | None, samples: float, steps: int) -> torch.Tensor:
+        """Client ``index``'s round ended after its training step ``steps``: the reply it is sent (the
+        partition it continues from, or the step its state was saved at)."""
         with self.lock:
             if not self.partitions:
                 self.save(steps)
@@ -484,12 +486,78 @@ class Rounds:
                     self.lock.notify_all()
                 self._wait_until(lambda: self.round > this_round)
                 reply = self.weights
-        link.send(reply)
+        return reply
 
     def fail(self, reason: str) -> None:
         with self.lock:
             self.failed = reason
             self.lock.notify_all()
+
+
+class Replay:
+    """A SplitFed client's answered requests since the end of the round before its last one, so that the
+    client can rejoin from its last checkpoint while the other clients go on: the steps it sends again
+    are answered from here, the server's state untouched, so that each step is applied exactly once.
+    A step sent again must be the one answered before (same message and labels, by digest); otherwise
+    the client's computation is not reproducible (e.g. a defense drawing fresh noise) and it cannot
+    rejoin. Two rounds are held, because a client killed after a round's end but before its own
+    checkpoint of it resumes from the round before. Once they would exceed ``limit_bytes`` the log is
+    dropped for good, and this client can no longer rejoin."""
+
+    def __init__(self, first_step: int = 0, limit_bytes: int = 1 << 30):
+        self.limit_bytes = limit_bytes
+        self.round_ends = [first_step]  # the steps a checkpoint of this client may be at
+        # training step -> (request digest, reply); a round's end is held under minus its last step
+        self.answers: dict[int, tuple[str, tuple[torch.Tensor, ...]]] = {}
+        self.held_bytes, self.full = 0, False
+
+    @staticmethod
+    def digest(*tensors: torch.Tensor) -> str:
+        hashed = hashlib.sha256()
+        for tensor in tensors:
+            hashed.update(tensor.detach().contiguous().view(torch.uint8).numpy().tobytes())
+        return hashed.hexdigest()
+
+    def answered(self, step: int, request: str, *reply: torch.Tensor) -> None:
+        """Keep the reply to the request with digest ``request`` at ``step``."""
+        self.held_bytes += sum(t.numel() * t.element_size() for t in reply)
+        self.full = self.full or self.held_bytes > self.limit_bytes
+        if self.full:
+            self.answers = {}
+        else:
+            self.answers[step] = (request, tuple(t.detach().clone() for t in reply))
+
+    def round_ended(self, step: int) -> None:
+        self.round_ends = [*self.round_ends[-1:], step]
+        self.answers = {k: v for k, v in self.answers.items() if abs(k) > self.round_ends[0]}
+        self.held_bytes = sum(t.numel() * t.element_size() for _, reply in self.answers.values() for t in reply)
+
+    def refusal(self, step) -> str | None:
+        """Why the client cannot rejoin from a checkpoint after ``step``, or None."""
+        if self.full:
+            return (f"the server stopped holding this client's answers when two rounds of them exceeded "
+                    f"{self.limit_bytes / 2 ** 20:.0f} MiB, so it cannot rejoin; start every party afresh")
+        if step not in self.round_ends:
+            return (f"the client resumes after training step {step!r}, but its last rounds ended after steps "
+                    f"{self.round_ends} (its checkpoint of them was lost); start every party afresh")
+        return None
+
+    def held_after(self, step: int) -> int:
+        """How many training steps after ``step`` are answered from the log."""
+        return sum(1 for k in self.answers if k > step)
+
+    def replayed(self, step: int, request: str) -> tuple[torch.Tensor, ...] | None:
+        """The reply already given at ``step``, or None when the step is new."""
+        if step not in self.answers:
+            return None
+        digest, reply = self.answers[step]
+        if digest != request:
+            what = f"step {step}" if step > 0 else f"the round's end after step {-step}"
+            raise TransportError(f"{what} sent again differs from the one the server answered before: the client's "
+                                 f"computation is not reproducible (a defense drawing fresh noise, e.g. dp_noise without "
+                                 f"noise_seed, or other threads or a changed config), so it cannot rejoin a running "
+                                 f"SplitFed round; start every party afresh")
+        return reply
 
 
 class ObservationRecord:
@@ -532,7 +600,8 @@ class ObservationRecord:
 
 def serve_steps(link: Link, server: nn.Module, optimizer: torch.optim.Optimizer, message_shape: tuple[int, ...],
                 num_classes: int, max_batch: int, rounds: Rounds, index: int = 0, state_size: int = 0,
-                record: ObservationRecord | None = None, first_step: int = 0, round_ended=None) -> int:
+                record: ObservationRecord | None = None, first_step: int = 0, round_ended=None,
+                replay: Replay | None = None) -> int:
     """Answer one client's requests until it ends the run; returns the number of its last training step
     (``first_step``: the last one taken before, when the client resumed from a checkpoint;
     ``round_ended(index, step)``: told after each of its rounds ends).
@@ -540,7 +609,8 @@ def serve_steps(link: Link, server: nn.Module, optimizer: torch.optim.Optimizer,
     One training step is the server's half of :meth:`SplitLearningModule.training_step`, the same
     operations in the same order: ``loss = CE(server(message), y)``, backward, step, and the
     gradient w.r.t. the message goes back. Round boundaries go to ``rounds`` (``state_size``: the
-    client partition's flat size, which several clients send there); ``record`` keeps what was observed.
+    client partition's flat size, which several clients send there); ``record`` keeps what was observed;
+    ``replay`` (SplitFed) keeps the answers, and answers from there the steps a rejoined client sends again.
     """
     expected_step = first_step
     while True:
@@ -561,7 +631,17 @@ def serve_steps(link: Link, server: nn.Module, optimizer: torch.optim.Optimizer,
                     raise TransportError(f"epoch_end with a client partition of shape {list(shape)} and {dtype}; "
                                          f"expected [{state_size}] float64: do both parties run the same model and cut?")
                 weights, samples = link.receive(shape, dtype), float(link.receive((), torch.float32))
-            rounds.end(link, index, weights, samples, expected_step)
+            request = replay.digest(weights) if replay else ""
+            reply = replay and replay.replayed(-expected_step, request)
+            if reply is None:
+                reply = rounds.end(index, weights, samples, expected_step)
+                if replay:
+                    replay.answered(-expected_step, request, reply)
+            else:
+                reply, = reply
+            link.send(reply)
+            if replay:
+                replay.round_ended(expected_step)
             if round_ended:
                 round_ended(index, expected_step)
             if record:
@@ -583,20 +663,33 @@ def serve_steps(link: Link, server: nn.Module, optimizer: torch.optim.Optimizer,
         if labels.min() < 0 or labels.max() >= num_classes:
             raise TransportError(f"step {step}: labels outside [0, {num_classes}) received; the client's data set "
                                  f"does not match the server's model")
-        with rounds.lock:
-            started = time.perf_counter()
-            server.train()
-            sent = message.requires_grad_(True)
-            logits = server(sent)
-            loss = F.cross_entropy(logits, labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            compute_s = time.perf_counter() - started
-        head = torch.cat([loss.detach().float().reshape(1), torch.tensor([compute_s]), logits.detach().float().flatten()])
-        link.send(head, sent.grad)
+        request = replay.digest(message, labels) if replay else ""
+        answer = replay and replay.replayed(expected_step, request)
+        if answer is None:
+            answer = _train_server(server, optimizer, message, labels, rounds.lock)
+            if replay:
+                replay.answered(expected_step, request, *answer)
+        link.send(*answer)
         if record:
-            record.trained(message, labels, sent.grad)
+            record.trained(message, labels, answer[1])
+
+
+def _train_server(server: nn.Module, optimizer: torch.optim.Optimizer, message: torch.Tensor, labels: torch.Tensor,
+                  lock: threading.Condition) -> tuple[torch.Tensor, torch.Tensor]:
+    """The server's half of a training step: (loss, compute time and logits as one tensor, the gradient
+    w.r.t. the message)."""
+    with lock:
+        started = time.perf_counter()
+        server.train()
+        sent = message.requires_grad_(True)
+        logits = server(sent)
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        compute_s = time.perf_counter() - started
+    head = torch.cat([loss.detach().float().reshape(1), torch.tensor([compute_s]), logits.detach().float().flatten()])
+    return head, sent.grad
 
 
 def average_rounds(link: Link, rounds: Rounds, index: int, state_size: int) -> int:
@@ -613,7 +706,7 @@ def average_rounds(link: Link, rounds: Rounds, index: int, state_size: int) -> i
                                  f"end); client {index} sent {OPERATIONS[operation]} of shape {list(shape)} and {dtype}: "
                                  f"is it the fed server's address that the client was given as --server?")
         weights, samples = link.receive(shape, dtype), float(link.receive((), torch.float32))
-        rounds.end(link, index, weights, samples, step)
+        link.send(rounds.end(index, weights, samples, step))
         taken += 1
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -327,6 +328,56 @@ def test_a_killed_sequential_client_rejoins_and_the_run_ends_as_if_never_interru
     assert all(torch.equal(value, servers[1][key]) for key, value in servers[0].items())
 
 
+def test_a_killed_splitfed_client_rejoins_and_every_step_is_applied_once(tmp_path):
+    """SplitFed, two clients: SIGKILL client 1 once its first round is checkpointed and start it again
+    with --resume while client 0 goes on. The server keeps its state and answers the steps client 1
+    sends again from its replay log: its optimizer took exactly one step per training step of both
+    shards, and both clients end with the same averaged partition."""
+    port = free_port()
+    server = _serve(tmp_path, port, "--clients", "2", "--federation", "splitfed", "--epochs", "3")
+    flags = ["--rtt-ms", "150"]  # slower steps, so that the kill lands inside a round
+    clients = [_client_process(tmp_path, port, index, "splitfed", "3", *flags) for index in (0, 1)]
+    wait_for(lambda: checkpoint_epoch(tmp_path / "c1" / "checkpoints" / "last.ckpt") >= 0 or clients[1].poll() is not None)
+    time.sleep(0.5)  # into the next round
+    clients[1].kill()
+    clients[1].wait()
+    assert not (tmp_path / "c1" / "metrics.json").exists(), "client 1 finished before the kill"
+    clients[1] = _client_process(tmp_path, port, 1, "splitfed", "3", *flags, "--resume")
+    for process in clients:
+        _, errors = process.communicate(timeout=300)
+        assert process.returncode == 0, errors[-2000:]
+    code, output = _finish(server)
+    assert code == 0, output
+    replayed = re.search(r"client 1 rejoined after training step \d+; (\d+) step\(s\) it sends again are answered", output)
+    assert replayed and int(replayed.group(1)) >= 1, output
+    steps = sum(-(-size // 64) * 3 for size in _shard_sizes(2))
+    assert int(output.split("served ")[1].split()[0]) == steps
+    optimizer = torch.load(next(tmp_path.glob(f"*-server/{SERVER_STATE}")), weights_only=True)["optimizer"]
+    assert {int(state["step"]) for state in optimizer["state"].values()} == {steps}  # none lost, none twice
+    metrics = [json.loads((tmp_path / f"c{index}" / "metrics.json").read_text()) for index in (0, 1)]
+    assert metrics[0]["test_loss"] == metrics[1]["test_loss"]
+
+
+def test_a_replayed_step_must_be_the_one_answered_and_the_log_holds_two_rounds():
+    from splitpriv.transport import Replay
+
+    replay = Replay(first_step=0, limit_bytes=1000)
+    message, labels = torch.ones(2, 3), torch.tensor([0, 1])
+    reply = (torch.zeros(4), torch.full((2, 3), 0.5))
+    replay.answered(1, Replay.digest(message, labels), *reply)
+    assert replay.replayed(2, Replay.digest(message, labels)) is None  # a new step
+    assert all(torch.equal(a, b) for a, b in zip(replay.replayed(1, Replay.digest(message, labels)), reply))
+    with pytest.raises(TransportError, match="step 1 sent again differs.*not reproducible"):
+        replay.replayed(1, Replay.digest(message + 1e-7, labels))
+    replay.round_ended(1)
+    replay.answered(2, "b", *reply)
+    replay.round_ended(2)  # rounds ended after steps 1 and 2: the answers since step 1 stay
+    assert replay.refusal(1) is None and replay.refusal(2) is None and set(replay.answers) == {2}
+    assert "ended after steps [1, 2]" in replay.refusal(0)
+    replay.answered(3, "c", torch.zeros(300))  # 1,200 bytes: over the limit, the log is dropped
+    assert replay.answers == {} and "cannot rejoin" in replay.refusal(2)
+
+
 def _data(seed: int):
     return make_splits(load_run_config(None, {"seed": seed}).data, seed)
 
@@ -354,7 +405,10 @@ def test_splitfed_rounds_average_the_partitions_weighted_by_shard_size():
     rounds = Rounds(2, "splitfed", torch.nn.Linear(2, 1), save=lambda step: None, wait_s=20)
     links = [_Recorder(), _Recorder()]
     weights = [torch.full((3,), 1.0, dtype=torch.float64), torch.full((3,), 5.0, dtype=torch.float64)]
-    threads = [threading.Thread(target=rounds.end, args=(links[i], i, weights[i], [1.0, 3.0][i], 10)) for i in (0, 1)]
+    def end(i):
+        links[i].send(rounds.end(i, weights[i], [1.0, 3.0][i], 10))
+
+    threads = [threading.Thread(target=end, args=(i,)) for i in (0, 1)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -379,7 +433,7 @@ def test_sequential_rounds_give_each_client_its_turn_with_the_partition_the_prev
     rounds.start(links[0], 0)
     order.append(0)
     left_by_client_0 = torch.arange(3, dtype=torch.float64)
-    rounds.end(links[0], 0, left_by_client_0, 1.0, 5)
+    rounds.end(0, left_by_client_0, 1.0, 5)
     second.join(30)
     assert order == [0, 1]
     assert torch.equal(links[1].sent[0][0], left_by_client_0)  # client 1 starts where client 0 stopped
