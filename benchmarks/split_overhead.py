@@ -107,8 +107,8 @@ def measure(label: str, model, cut: int, inputs, labels, batch_size: int, steps:
     plain, split, timed = time_against_plain(split_module, model, *timing)
     plain_c, whole, _ = time_against_plain(OneModule(copy.deepcopy(model)), model, *timing)
     lightning_share = whole / plain_c
-    print(f"{label:<34} steps={timed:>3}  plain {plain * 1e3:8.2f} ms  split {split * 1e3:8.2f} ms"
-          f"  ratio (b)/(a) = {split / plain:.3f}  (c)/(a) = {lightning_share:.3f}  (b)/(c) = {split / plain / lightning_share:.3f}")
+    print(f"{label:<27} (a) {plain * 1e3:7.2f} ms  (b) {split * 1e3:7.2f} ms  (b)/(a) {split / plain:.3f}"
+          f"  (c)/(a) {lightning_share:.3f}  (b)/(c) {split / plain / lightning_share:.3f}  ({timed} steps)")
     return split / plain
 
 
@@ -130,10 +130,10 @@ def main() -> None:
     for name in args.models:
         small = name in SMALL_MODELS
         model = build_model(name, 10, 1, 8) if small else build_model(name, 10, 3, 32)
-        label = f"{name} / {'digits (batch 64)' if small else '32x32 (batch 16)'}"
+        label = f"{name}, {'digits, batch 64' if small else '32x32, batch 16'}"
         ratios[name] = measure(label, model, model.default_cut(), *((inputs, labels, 64) if small else
                                (random_images, torch.arange(64) % 10, 16)), args.steps, args.warmup, args.accelerator)
-    print(f"worst ratio: {max(ratios.values()):.3f} ({max(ratios, key=ratios.get)})")
+    print(f"worst (b)/(a): {max(ratios.values()):.3f} ({max(ratios, key=ratios.get)})")
 
 if __name__ == "__main__":
     main()
