@@ -201,16 +201,13 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
     observations = {index: ObservationRecord() for index in joined} if record else {}
     # SplitFed's clients' steps interleave in the server's state, which cannot go back for one of them: a
     # rejoined client's steps sent again are answered from its replay log instead
-    replays = {index: Replay(hello.get("resume_step", 0)) for index, (_, hello) in joined.items()} \
-        if federation.clients > 1 and federation.mode == "splitfed" and not federation.fed_server else {}
+    replays = _replays(joined, federation)
     steps: dict[int, int] = {}
     turn_ends = {index: hello.get("resume_step", 0) for index, (_, hello) in joined.items()}  # each client's last
     rejoining = threading.Lock()  # one door: clients rejoin one at a time
 
     def refusal(index: int, hello: dict) -> str | None:
-        """Why client ``index`` cannot rejoin with ``hello``, or None."""
-        if hello.get("client_index") != index:
-            return f"client {index} is being waited for; client {hello.get('client_index')!r} has not been lost"
+        """Why client ``index`` cannot rejoin with ``hello`` (past the index check), or None."""
         step = hello.get("resume_step", 0)
         if federation.clients == 1:
             return states.refusal(step)
@@ -226,13 +223,8 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
         the server goes back to its state at that checkpoint's step. Sequential clients: to its state at
         the start of the lost client's turn (the others' steps are all before it). SplitFed: the server's
         state stays, and the steps the client sends again are answered from its replay log."""
-        print(f"client {index} was lost ({lost}); waiting {timeout_s:.0f} s for it to rejoin from its last checkpoint "
-              f"('splitpriv client ... --resume')", flush=True)
         with rejoining:
-            try:
-                hello, link = door.admit(lambda hello: refusal(index, hello))
-            except TransportError as error:
-                raise TransportError(f"client {index} was lost and did not rejoin: {error}") from None
+            hello, link = _await_rejoin(door, index, lost, lambda hello: refusal(index, hello))
             step = hello.get("resume_step", 0)
             with rounds.lock:
                 if federation.clients == 1:
@@ -260,8 +252,6 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
                                            replays.get(index))
                 return
             except PeerLost as lost:
-                if federation.fed_server:
-                    raise  # the fed server holds the round ends, and it does not replay them
                 link.close()
                 link, first_step = rejoined(index, lost)
 
@@ -291,8 +281,45 @@ def federate(cfg: RunConfig, host: str, port: int, secret: bytes, federation: Fe
     joined = _admit_clients(door, federation.clients, refusal)
     client = _server_party(cfg, joined[0][1])[0].client
     rounds = Rounds(federation.clients, federation.mode, client, lambda step: None, timeout_s * TURN_WAIT_FACTOR)
-    _for_each_client(joined, rounds, lambda index, link: average_rounds(link, rounds, index, flat_size(client)))
+    replays, rejoining = _replays(joined, federation), threading.Lock()
+
+    def average_one(index: int, link: Link) -> None:
+        while True:
+            try:
+                average_rounds(link, rounds, index, flat_size(client), replays[index])
+                return
+            except PeerLost as lost:  # a rejoined client's round ends sent again are answered from its replay log
+                link.close()
+                with rejoining:
+                    link = _await_rejoin(door, index, lost, lambda hello: replays[index].refusal(hello.get("resume_step", 0)))[1]
+
+    _for_each_client(joined, rounds, average_one)
     return {"rounds": rounds.round, "clients": federation.clients}
+
+
+def _replays(joined: dict[int, tuple[Link, dict]], federation: Federation) -> dict[int, Replay]:
+    """SplitFed's clients' steps interleave in the server's state, which cannot go back for one of them: a
+    rejoined client's steps sent again are answered from its replay log instead (one per client)."""
+    if federation.clients == 1 or federation.mode != "splitfed":
+        return {}
+    return {index: Replay(hello.get("resume_step", 0)) for index, (_, hello) in joined.items()}
+
+
+def _await_rejoin(door: _Door, index: int, lost: PeerLost, refusal) -> tuple[dict, Link]:
+    """Client ``index`` was lost: the hello of, and the link to, the same client rejoining through ``door``
+    from its last checkpoint (``refusal(hello)``: a further reason to refuse it, or None)."""
+    print(f"client {index} was lost ({lost}); waiting {door.timeout_s:.0f} s for it to rejoin from its last "
+          f"checkpoint ('splitpriv client ... --resume')", flush=True)
+
+    def validate(hello: dict) -> str | None:
+        if hello.get("client_index") != index:
+            return f"client {index} is being waited for; client {hello.get('client_index')!r} has not been lost"
+        return refusal(hello)
+
+    try:
+        return door.admit(validate)
+    except TransportError as error:
+        raise TransportError(f"client {index} was lost and did not rejoin: {error}") from None
 
 
 def _admit_clients(door: _Door, clients: int, refusal) -> dict[int, tuple[Link, dict]]:
@@ -397,9 +424,6 @@ def _saved_states(folder: Path, federation: Federation) -> dict[int, dict]:
 
 def _checkpointed_step(cfg: RunConfig, federation: Federation) -> int:
     """The last training step of the client's checkpoint, where the server must resume with it."""
-    if federation.fed_server:
-        raise SplitprivError("--resume with SplitFed's separate fed server is not supported yet: it does not replay a "
-                             "round's average; a killed client rejoins when the serve process averages (no --fed-server)")
     path = Path(cfg.out) / cfg.run_name() / CHECKPOINT
     if not path.is_file():
         raise SplitprivError(f"cannot resume: no checkpoint at {path} (no epoch had finished); start the client "

@@ -631,7 +631,7 @@ def serve_steps(link: Link, server: nn.Module, optimizer: torch.optim.Optimizer,
                     raise TransportError(f"epoch_end with a client partition of shape {list(shape)} and {dtype}; "
                                          f"expected [{state_size}] float64: do both parties run the same model and cut?")
                 weights, samples = link.receive(shape, dtype), float(link.receive((), torch.float32))
-            request = replay.digest(weights) if replay else ""
+            request = replay.digest(*([] if weights is None else [weights])) if replay else ""
             reply = replay and replay.replayed(-expected_step, request)
             if reply is None:
                 reply = rounds.end(index, weights, samples, expected_step)
@@ -692,10 +692,11 @@ def _train_server(server: nn.Module, optimizer: torch.optim.Optimizer, message: 
     return head, sent.grad
 
 
-def average_rounds(link: Link, rounds: Rounds, index: int, state_size: int) -> int:
+def average_rounds(link: Link, rounds: Rounds, index: int, state_size: int, replay: Replay | None = None) -> int:
     """SplitFed's fed server for one client: take its partition at each round's end, answer with the
     round's average (:class:`Rounds`), until it ends the run; returns the rounds it took part in. It
-    answers nothing else: the fed server never sees a message, a label or a gradient."""
+    answers nothing else: the fed server never sees a message, a label or a gradient. ``replay``: the
+    averages given, which answer a rejoined client's round ends sent again."""
     taken = 0
     while True:
         operation, step, dtype, shape = link.receive_header()
@@ -706,7 +707,15 @@ def average_rounds(link: Link, rounds: Rounds, index: int, state_size: int) -> i
                                  f"end); client {index} sent {OPERATIONS[operation]} of shape {list(shape)} and {dtype}: "
                                  f"is it the fed server's address that the client was given as --server?")
         weights, samples = link.receive(shape, dtype), float(link.receive((), torch.float32))
-        link.send(rounds.end(index, weights, samples, step))
+        request = replay.digest(weights) if replay else ""
+        average = replay and replay.replayed(-step, request)
+        if average is None:
+            average = (rounds.end(index, weights, samples, step),)
+            if replay:
+                replay.answered(-step, request, *average)
+        link.send(*average)
+        if replay:
+            replay.round_ended(step)
         taken += 1
 
 

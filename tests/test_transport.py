@@ -328,14 +328,21 @@ def test_a_killed_sequential_client_rejoins_and_the_run_ends_as_if_never_interru
     assert all(torch.equal(value, servers[1][key]) for key, value in servers[0].items())
 
 
-def test_a_killed_splitfed_client_rejoins_and_every_step_is_applied_once(tmp_path):
+@pytest.mark.parametrize("fed_server", [False, True], ids=["server-averages", "fed-server"])
+def test_a_killed_splitfed_client_rejoins_and_every_step_is_applied_once(tmp_path, fed_server):
     """SplitFed, two clients: SIGKILL client 1 once its first round is checkpointed and start it again
     with --resume while client 0 goes on. The server keeps its state and answers the steps client 1
-    sends again from its replay log: its optimizer took exactly one step per training step of both
-    shards, and both clients end with the same averaged partition."""
-    port = free_port()
-    server = _serve(tmp_path, port, "--clients", "2", "--federation", "splitfed", "--epochs", "3")
-    flags = ["--rtt-ms", "150"]  # slower steps, so that the kill lands inside a round
+    sends again from its replay log (and so does a separate fed server for the round ends): the
+    server's optimizer took exactly one step per training step of both shards, and both clients end
+    with the same averaged partition."""
+    port, fed_port = free_port(), free_port()
+    server = _serve(tmp_path, port, "--clients", "2", "--federation", "splitfed", "--epochs", "3",
+                    *(["--separate-fed-server"] if fed_server else []))
+    fed = subprocess.Popen([sys.executable, "-m", "splitpriv.cli", "federate", "--out", str(tmp_path), "--port",
+                            str(fed_port), *TRAINING, "--epochs", "3"], env={**os.environ, "SPLITPRIV_SECRET": SECRET},
+                           text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) if fed_server else None
+    # slower steps, so that the kill lands inside a round
+    flags = ["--rtt-ms", "150", *(["--fed-server", f"127.0.0.1:{fed_port}"] if fed_server else [])]
     clients = [_client_process(tmp_path, port, index, "splitfed", "3", *flags) for index in (0, 1)]
     wait_for(lambda: checkpoint_epoch(tmp_path / "c1" / "checkpoints" / "last.ckpt") >= 0 or clients[1].poll() is not None)
     time.sleep(0.5)  # into the next round
@@ -350,6 +357,10 @@ def test_a_killed_splitfed_client_rejoins_and_every_step_is_applied_once(tmp_pat
     assert code == 0, output
     replayed = re.search(r"client 1 rejoined after training step \d+; (\d+) step\(s\) it sends again are answered", output)
     assert replayed and int(replayed.group(1)) >= 1, output
+    if fed:
+        code, fed_output = _finish(fed)
+        assert code == 0 and "averaged 3 rounds of 2 clients' partitions" in fed_output, fed_output
+        assert "client 1 was lost" in fed_output
     steps = sum(-(-size // 64) * 3 for size in _shard_sizes(2))
     assert int(output.split("served ")[1].split()[0]) == steps
     optimizer = torch.load(next(tmp_path.glob(f"*-server/{SERVER_STATE}")), weights_only=True)["optimizer"]
