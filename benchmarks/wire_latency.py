@@ -2,7 +2,9 @@
 
 For every cut of the model, ``splitpriv serve`` runs in its own process and this process trains as
 ``splitpriv client`` over loopback for one short epoch, both parties emulating the same link
-(``--mbps``, ``--rtt-ms``), one thread each. Printed per cut:
+(``--mbps``, ``--rtt-ms``), one thread each, for ``--epochs`` short epochs; the last epoch's means are
+compared, so that the first steps' warm-up (allocations, the optimizer's state, the link's first
+messages) does not count: the model describes a step in steady state, as mu is measured. Printed per cut:
 
 - the transmission term: the model's T^T for one training step's crossing (the survey's Sec. 2.2.1
   in training: 2 x Size / bandwidth + RTT, Size = the batch's message, no compression;
@@ -66,6 +68,13 @@ def measured_flops_per_s(model, inputs: torch.Tensor, labels: torch.Tensor, step
     return flops / statistics.median(times)
 
 
+def last_epoch_metrics(run_folder: Path) -> dict[str, float]:
+    """The wire metrics of the run's last training epoch, from its per-epoch log."""
+    with open(run_folder / "logs" / "metrics.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("training_step_s")]
+    return {key: float(value) for key, value in rows[-1].items() if value}
+
+
 def plan_latencies(args, flops_per_s: float, folder: Path) -> dict[str, float]:
     """``splitpriv plan``'s training latency per cut (block name) for this machine and the emulated link."""
     catalogue = {"devices": {"this_machine": {"kind": "cpu", "flops_per_s": flops_per_s}},
@@ -89,6 +98,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--train-size", type=int, default=512, help="private training images (one epoch)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per cut; the last one is timed")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--mbps", type=float, default=50.0, help="emulated bandwidth, megabits per second")
     parser.add_argument("--rtt-ms", type=float, default=40.0, help="emulated round-trip time")
@@ -98,7 +108,7 @@ def main() -> None:
     # the steps are what is timed: validation and test passes cut to a few batches
     values = {"data.dataset": args.dataset, "model.name": args.model, "data.train_size": args.train_size,
               "data.val_fraction": 0.002, "data.test_size": 64,
-              "training.epochs": 1, "training.batch_size": args.batch_size, "training.num_threads": 1,
+              "training.epochs": args.epochs, "training.batch_size": args.batch_size, "training.num_threads": 1,
               "training.progress_bar": False, "wandb.mode": "disabled", "training.accelerator": "cpu"}
     if args.data_root:
         values["data.root"] = args.data_root
@@ -121,7 +131,7 @@ def main() -> None:
         port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "splitpriv.cli", "serve", "--out", str(out), "--port", str(port), "--model",
-             args.model, "--dataset", args.dataset, "--train-size", str(args.train_size), "--epochs", "1",
+             args.model, "--dataset", args.dataset, "--train-size", str(args.train_size), "--epochs", str(args.epochs),
              "--batch-size", str(args.batch_size), "--threads", "1", "--cut-layer", str(cut), "--accelerator", "cpu",
              "--bandwidth-mbps", str(args.mbps), "--rtt-ms", str(args.rtt_ms),
              *(["--data-root", args.data_root] if args.data_root else [])],
@@ -135,11 +145,12 @@ def main() -> None:
         _, err = server.communicate(timeout=120)
         if server.returncode:
             raise SystemExit(f"the server for cut {cut} failed:\n{err[-2000:]}")
-        message_bytes = run.metrics["wire_backward_bytes_per_step"]  # the message's bytes: the gradient has its size
+        last_epoch = last_epoch_metrics(run.path)
+        message_bytes = last_epoch["wire_backward_bytes_per_step"]  # the message's bytes: the gradient has its size
         predicted = transmission_time(message_bytes, link.bandwidth_bytes_per_s, link.rtt_s, training=True)
-        measured = run.metrics["wire_time_s_per_step"]
+        measured = last_epoch["wire_time_s_per_step"]
         wire_errors.append((predicted - measured) / measured)
-        step, planned_step = run.metrics["training_step_s"], planned[name]
+        step, planned_step = last_epoch["training_step_s"], planned[name]
         step_errors.append((planned_step - step) / step)
         print(f"{cut:3d} {name:18s} {message_bytes:11,.0f} {predicted * 1e3:8.1f}ms {measured * 1e3:7.1f}ms "
               f"{wire_errors[-1]:+7.1%} {planned_step * 1e3:8.1f}ms {step * 1e3:7.1f}ms {step_errors[-1]:+7.1%}", flush=True)
