@@ -84,8 +84,12 @@ class ServerStates:
         self.states: dict[int, dict] = {}
         self.latest: int | None = None
 
-    def save(self, step: int) -> None:
+    def save(self, step: int, client_steps: dict[int, int] | None = None) -> None:
+        """Save the state after training step ``step``; ``client_steps``: each client's last step then
+        (several clients; one client's is ``step``)."""
         state = copy.deepcopy({"server": self.server.state_dict(), "optimizer": self.optimizer.state_dict(), "step": step})
+        if client_steps is not None:
+            state["client_steps"] = dict(client_steps)
         self.states.pop(step, None)
         self.states[step], self.latest = state, step
         while len(self.states) > self.keep:
@@ -159,30 +163,33 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
     """Serve the clients' training run: wait for ``federation.clients`` clients, then answer their steps
     (one thread per client, the server's computation one step at a time) until each ends the run.
     Writes ``<out>/server.ckpt`` (the server partition and its optimizer) at every round's end. A
-    client that vanishes or stalls (the only one, or one of sequential clients) may rejoin within
-    ``timeout_s`` from its last checkpoint (``splitpriv client --resume``): the server goes back to its
-    state at that step (sequential: at the start of the interrupted turn). With
-    ``record`` what the server observed of each client (:class:`~splitpriv.transport.ObservationRecord`):
-    ``<out>/observed.pt`` with one client, ``<out>/observed-client<k>.pt`` for client k of several.
-    ``resume``: start from ``<out>/server.ckpt`` of a serve process that was killed, for a client that
-    resumes at the same step. ``shaping`` emulates the link on the server's sends. Returns a summary
-    (steps, where the state is)."""
+    client that vanishes or stalls may rejoin within ``timeout_s`` from its last checkpoint
+    (``splitpriv client --resume``): the server goes back to its state at that step (sequential: at the
+    start of the interrupted turn; SplitFed: it answers the steps sent again from the client's
+    :class:`~splitpriv.transport.Replay`). With ``record`` what the server observed of each client
+    (:class:`~splitpriv.transport.ObservationRecord`): ``<out>/observed.pt`` with one client,
+    ``<out>/observed-client<k>.pt`` for client k of several. ``resume``: start from ``<out>/server.ckpt``
+    of a serve process that was killed, for clients that resume at the same step (SplitFed: the same
+    round end). ``shaping`` emulates the link on the server's sends. Returns a summary (steps, where the
+    state is)."""
     _check_supported(cfg)
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
     digest = config_digest(agreed_settings(cfg, federation))
     folder = Path(out)
     saved = _saved_states(folder, federation) if resume else {}
-    start_steps = sorted(saved) or [0]
+    # each saved state's clients' last steps, where the clients must resume with it
+    resumable = {key: state.get("client_steps", {0: state["step"]}) for key, state in saved.items()}
 
     def refusal_to_start(hello: dict) -> str | None:
-        step = hello.get("resume_step", 0)
-        if step in start_steps:
+        step, index = hello.get("resume_step", 0), hello.get("client_index", 0)
+        starts = sorted({steps.get(index) for steps in resumable.values()}) if saved else [0]
+        if step in starts:
             return None
-        return (f"the client starts after training step {step!r}, this server after step "
-                f"{' or '.join(map(str, start_steps))} ({'its saved states' if saved else 'a fresh start'}); start "
-                f"both afresh (the client with --force), or resume both (serve --resume holds the server's last "
-                f"two epoch ends)")
+        return (f"client {index} starts after training step {step!r}, this server after its step "
+                f"{' or '.join(map(str, starts))} ({'its saved states' if saved else 'a fresh start'}); start "
+                f"every party afresh (the clients with --force), or resume them all (serve --resume holds the "
+                f"server's last two epoch ends)")
 
     door = _Door(host, port, secret, digest, timeout_s, shaping, on_listening)
     joined = _admit_clients(door, federation.clients, refusal_to_start)
@@ -191,16 +198,15 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
     optimizer = make_optimizer(server.parameters(), cfg.training.server_optimizer)
     folder.mkdir(parents=True, exist_ok=True)
     states = ServerStates(server, optimizer, folder / SERVER_STATE)
+    several = federation.clients > 1
     if saved:
         states.hold(saved)
-        states.restore(joined[0][1].get("resume_step", 0))
+        states.restore(_state_to_resume(resumable, joined))
     else:
-        states.save(0)
+        states.save(0, {index: 0 for index in joined} if several else None)
     rounds = Rounds(federation.clients, federation.mode, module.client, states.save, timeout_s * TURN_WAIT_FACTOR,
                     partitions=not federation.fed_server, server=server)
     observations = {index: ObservationRecord() for index in joined} if record else {}
-    # SplitFed's clients' steps interleave in the server's state, which cannot go back for one of them: a
-    # rejoined client's steps sent again are answered from its replay log instead
     replays = _replays(joined, federation)
     steps: dict[int, int] = {}
     turn_ends = {index: hello.get("resume_step", 0) for index, (_, hello) in joined.items()}  # each client's last
@@ -256,7 +262,7 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
                 link, first_step = rejoined(index, lost)
 
     _for_each_client(joined, rounds, serve_one)
-    states.save(sum(steps.values()))
+    states.save(sum(steps.values()), steps if several else None)
     recorded = [folder / record_name(index, federation.clients) for index in sorted(observations)]
     for index, path in zip(sorted(observations), recorded):
         observations[index].save(path, server)
@@ -280,7 +286,7 @@ def federate(cfg: RunConfig, host: str, port: int, secret: bytes, federation: Fe
 
     joined = _admit_clients(door, federation.clients, refusal)
     client = _server_party(cfg, joined[0][1])[0].client
-    rounds = Rounds(federation.clients, federation.mode, client, lambda step: None, timeout_s * TURN_WAIT_FACTOR)
+    rounds = Rounds(federation.clients, federation.mode, client, lambda *_: None, timeout_s * TURN_WAIT_FACTOR)
     replays, rejoining = _replays(joined, federation), threading.Lock()
 
     def average_one(index: int, link: Link) -> None:
@@ -403,11 +409,22 @@ def _join(host: str, port: int, secret: bytes, hello: dict, timeout_s: float, sh
     return Link.connect(1, host, rendezvous, own_address, timeout_s, shaping)
 
 
+def _state_to_resume(resumable: dict[int, dict[int, int]], joined: dict[int, tuple[Link, dict]]) -> int:
+    """The key of the saved state at which every joined client resumes."""
+    resuming = {index: hello.get("resume_step", 0) for index, (_, hello) in joined.items()}
+    for key, steps in resumable.items():
+        if steps == resuming:
+            return key
+    raise SplitprivError(f"the clients resume after steps {resuming} (by client), which no saved state of this server "
+                         f"holds together ({list(resumable.values())}): they were checkpointed at different rounds; "
+                         f"start every party afresh")
+
+
 def _saved_states(folder: Path, federation: Federation) -> dict[int, dict]:
     """A killed serve process's last two states by step, read without running any code in the files."""
-    if federation.clients > 1:
-        raise SplitprivError("serve --resume with several clients is not supported yet: a client rejoins only "
-                             "with one client")
+    if federation.clients > 1 and (federation.mode != "splitfed" or federation.fed_server):
+        raise SplitprivError("serve --resume with several clients works with SplitFed's clients averaging through this "
+                             "server only (not sequential clients, not a separate fed server) yet")
     if not (folder / SERVER_STATE).is_file():
         raise SplitprivError(f"cannot resume: no server state at {folder / SERVER_STATE}; serve with the same --out "
                              f"and --name as the serve process that was killed")
@@ -418,6 +435,10 @@ def _saved_states(folder: Path, federation: Federation) -> dict[int, dict]:
             if not (isinstance(state, dict) and isinstance(state.get("step"), int) and {"server", "optimizer"} <= set(state)):
                 raise RunStateError(f"server state {path} was not written by 'splitpriv serve' (it has no step, server "
                                     f"or optimizer)")
+            if federation.clients > 1 and set(state.get("client_steps") or {}) != set(range(federation.clients)):
+                raise RunStateError(f"server state {path} was not saved by a serve process of {federation.clients} "
+                                    f"SplitFed clients (its clients' steps are {state.get('client_steps')}); serve "
+                                    f"--resume with the --clients it was saved with")
             states[state["step"]] = state
     return states
 

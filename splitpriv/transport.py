@@ -417,7 +417,7 @@ class Rounds:
     """What the server does at the clients' round boundaries, shared by its clients' threads.
 
     At every round's end the server's state is saved (``save(step)``, step: the ending client's last
-    training step). One client: nothing more. Several, ``splitfed`` (Thapa et al. 2022): each
+    training step; SplitFed: ``save(step, client_steps)``, each client's last step and their sum). One client: nothing more. Several, ``splitfed`` (Thapa et al. 2022): each
     client's partition after its round, w_k with n_k training samples, is averaged,
     w = Σ_k n_k w_k / Σ_k n_k (FedAvg), and every client continues from w. Several, ``sequential`` (vanilla split learning,
     Gupta & Raskar 2018): one client trains at a time, in index order, starting from the partition the
@@ -475,14 +475,15 @@ class Rounds:
                 self.lock.notify_all()
                 reply = torch.tensor(steps)
             else:
-                self.pending[index] = (weights, samples)
+                self.pending[index] = (weights, samples, steps)
                 this_round = self.round
                 if len(self.pending) == self.clients:
-                    total = sum(n for _, n in self.pending.values())
+                    total = sum(n for _, n, _ in self.pending.values())
                     # in client order, so that the average does not depend on which client ended first
                     self.weights = sum(self.pending[k][0] * (self.pending[k][1] / total) for k in sorted(self.pending))
+                    client_steps = {k: self.pending[k][2] for k in sorted(self.pending)}
                     self.pending, self.round = {}, self.round + 1
-                    self.save(steps)
+                    self.save(sum(client_steps.values()), client_steps)
                     self.lock.notify_all()
                 self._wait_until(lambda: self.round > this_round)
                 reply = self.weights

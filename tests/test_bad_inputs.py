@@ -422,14 +422,25 @@ CASES = [
     Case("serve resume of a damaged state", lambda tmp, r, s: ["serve", "--out", str(tmp), "--name", "x", "--resume",
                                                                "--secret-file", str(_secret_file(tmp, "x-server"))],
          "cannot be read"),
+    Case("serve resume of sequential clients", lambda tmp, r, s: ["serve", "--out", str(tmp), "--resume", "--clients", "2",
+                                                                  "--federation", "sequential", "--secret-file",
+                                                                  str(_secret_file(tmp))], "SplitFed's clients averaging"),
+    Case("serve resume of one client's state for two", lambda tmp, r, s: [
+        "serve", "--out", str(tmp), "--name", "x", "--resume", "--clients", "2", "--secret-file",
+        str(_secret_file(tmp, "x-server", one_client_state=True))], "not saved by a serve process of 2 SplitFed clients"),
 ]
 
 
-def _secret_file(tmp: Path, damaged_state: str | None = None) -> Path:
-    """A shared secret in a file (and, for ``damaged_state``, a truncated server state in that folder)."""
+def _secret_file(tmp: Path, damaged_state: str | None = None, one_client_state: bool = False) -> Path:
+    """A shared secret in a file (and, for ``damaged_state``, a truncated server state in that folder, or
+    with ``one_client_state`` a state saved for one client)."""
     if damaged_state:
         (tmp / damaged_state).mkdir()
-        (tmp / damaged_state / "server.ckpt").write_bytes(b"PK\x03\x04 truncated")
+        state = tmp / damaged_state / "server.ckpt"
+        if one_client_state:
+            torch.save({"server": {}, "optimizer": {}, "step": 9}, state)
+        else:
+            state.write_bytes(b"PK\x03\x04 truncated")
     path = tmp / "secret"
     path.write_text("a-test-secret-of-32-characters!!\n")
     return path

@@ -369,6 +369,52 @@ def test_a_killed_splitfed_client_rejoins_and_every_step_is_applied_once(tmp_pat
     assert metrics[0]["test_loss"] == metrics[1]["test_loss"]
 
 
+def test_a_killed_serve_process_resumes_with_its_splitfed_clients(tmp_path):
+    """SplitFed, two clients: SIGKILL the serve process inside the second round; both clients end with a
+    message. Start all three again with --resume: the server goes back to the round end both clients'
+    checkpoints hold, each step is applied once, and both clients end with the same partition."""
+    port = free_port()
+    # slower steps (a round takes at least 9 x 0.2 s), so that the kill lands well inside the second round: a kill
+    # at its very end may leave the clients' checkpoints at different rounds, which is refused by design
+    flags = ["--rtt-ms", "200"]
+    server = _serve(tmp_path, port, "--clients", "2", "--federation", "splitfed", "--epochs", "3")
+    clients = [_client_process(tmp_path, port, index, "splitfed", "3", *flags) for index in (0, 1)]
+    checkpoints = [tmp_path / f"c{index}" / "checkpoints" / "last.ckpt" for index in (0, 1)]
+    wait_for(lambda: min(map(checkpoint_epoch, checkpoints)) >= 0 or server.poll() is not None)
+    time.sleep(0.3)  # into the next round
+    server.kill()
+    server.wait()
+    for process in clients:
+        _, errors = process.communicate(timeout=120)
+        assert process.returncode == 2 and "vanished or stalled" in errors and "Traceback" not in errors, errors[-2000:]
+    assert max(map(checkpoint_epoch, checkpoints)) < 2, "a client finished before the kill"
+
+    server = _serve(tmp_path, port, "--clients", "2", "--federation", "splitfed", "--epochs", "3", "--resume")
+    clients = [_client_process(tmp_path, port, index, "splitfed", "3", *flags, "--resume") for index in (0, 1)]
+    for process in clients:
+        _, errors = process.communicate(timeout=300)
+        assert process.returncode == 0, errors[-2000:] + _finish(server)[1]
+    code, output = _finish(server)
+    assert code == 0, output
+    steps = sum(-(-size // 64) * 3 for size in _shard_sizes(2))
+    assert int(output.split("served ")[1].split()[0]) == steps
+    optimizer = torch.load(next(tmp_path.glob(f"*-server/{SERVER_STATE}")), weights_only=True)["optimizer"]
+    assert {int(state["step"]) for state in optimizer["state"].values()} == {steps}  # none lost, none twice
+    metrics = [json.loads((tmp_path / f"c{index}" / "metrics.json").read_text()) for index in (0, 1)]
+    assert metrics[0]["test_loss"] == metrics[1]["test_loss"]
+
+
+def test_splitfed_clients_resume_a_serve_process_only_at_a_round_end_they_share():
+    from splitpriv.parties import _state_to_resume
+
+    saved = {18: {0: 9, 1: 9}, 36: {0: 18, 1: 18}}  # two round ends, by the sum of the clients' steps
+    joined = {0: (None, {"resume_step": 18}), 1: (None, {"resume_step": 18})}
+    assert _state_to_resume(saved, joined) == 36
+    joined[1] = (None, {"resume_step": 9})  # checkpointed a round earlier than client 0
+    with pytest.raises(SplitprivError, match="checkpointed at different rounds"):
+        _state_to_resume(saved, joined)
+
+
 def test_a_replayed_step_must_be_the_one_answered_and_the_log_holds_two_rounds():
     from splitpriv.transport import Replay
 
@@ -413,7 +459,7 @@ def test_splitfed_rounds_average_the_partitions_weighted_by_shard_size():
 
     from splitpriv.transport import Rounds
 
-    rounds = Rounds(2, "splitfed", torch.nn.Linear(2, 1), save=lambda step: None, wait_s=20)
+    rounds = Rounds(2, "splitfed", torch.nn.Linear(2, 1), save=lambda *_: None, wait_s=20)
     links = [_Recorder(), _Recorder()]
     weights = [torch.full((3,), 1.0, dtype=torch.float64), torch.full((3,), 5.0, dtype=torch.float64)]
     def end(i):
@@ -435,7 +481,7 @@ def test_sequential_rounds_give_each_client_its_turn_with_the_partition_the_prev
     from splitpriv.transport import Rounds
 
     initial = torch.nn.Linear(2, 1)
-    rounds = Rounds(2, "sequential", initial, save=lambda step: None, wait_s=20)
+    rounds = Rounds(2, "sequential", initial, save=lambda *_: None, wait_s=20)
     order, links = [], [_Recorder(), _Recorder()]
     second = threading.Thread(target=lambda: (rounds.start(links[1], 1), order.append(1)))
     second.start()  # client 1 asks first, but must wait for client 0's round
@@ -464,11 +510,11 @@ def test_a_server_whose_clients_average_elsewhere_refuses_a_partition_and_a_fed_
     from splitpriv.transport import EPOCH_END, TRAIN, Rounds, average_rounds, serve_steps
 
     server = torch.nn.Linear(4, 2)
-    rounds = Rounds(2, "splitfed", torch.nn.Linear(2, 1), save=lambda step: None, wait_s=5, partitions=False)
+    rounds = Rounds(2, "splitfed", torch.nn.Linear(2, 1), save=lambda *_: None, wait_s=5, partitions=False)
     with pytest.raises(TransportError, match="must not see their weights"):
         serve_steps(_Sends((EPOCH_END, 0, torch.float64, (3,))), server, torch.optim.SGD(server.parameters(), 0.1), (4,),
                     2, 64, rounds, 0, 3)
-    averaging = Rounds(2, "splitfed", torch.nn.Linear(2, 1), save=lambda step: None, wait_s=5)
+    averaging = Rounds(2, "splitfed", torch.nn.Linear(2, 1), save=lambda *_: None, wait_s=5)
     with pytest.raises(TransportError, match="takes client partitions only"):
         average_rounds(_Sends((TRAIN, 1, torch.float32, (8, 4))), averaging, 0, 3)
 

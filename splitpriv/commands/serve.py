@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "for 'splitpriv attack --observed'")
     parser.add_argument("--resume", action="store_true",
                         help="start from the server state a killed serve process left in its folder, for a client "
-                             "that resumes at the same step (one client)")
+                             "that resumes at the same step (one client, or every SplitFed client from the same round)")
     parser.add_argument("--separate-fed-server", dest="fed_server", action="store_true",
                         help="SplitFed: the clients average their partitions through 'splitpriv federate', so this "
                              "server never receives their weights")
