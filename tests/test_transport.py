@@ -253,6 +253,32 @@ def _client_process(tmp_path: Path, port: int, index: int, mode: str, epochs: st
                             env=environment, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def _federate(tmp_path: Path, port: int, epochs: str) -> subprocess.Popen:
+    """``splitpriv federate`` for two clients in its own process, listening on 127.0.0.1:port."""
+    return subprocess.Popen([sys.executable, "-m", "splitpriv.cli", "federate", "--out", str(tmp_path), "--port",
+                             str(port), *TRAINING, "--epochs", epochs], env={**os.environ, "SPLITPRIV_SECRET": SECRET},
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _kill_and_resume_client_1(client: subprocess.Popen, out: Path, port: int, mode: str, flags: list[str],
+                              settle_s: float = 0.0) -> subprocess.Popen:
+    """SIGKILL client 1 ``settle_s`` after its first checkpoint, then start it again with --resume."""
+    wait_for(lambda: checkpoint_epoch(out / "c1" / "checkpoints" / "last.ckpt") >= 0 or client.poll() is not None)
+    time.sleep(settle_s)
+    client.kill()
+    client.wait()
+    assert not (out / "c1" / "metrics.json").exists(), "client 1 finished before the kill"
+    return _client_process(out, port, 1, mode, "3", *flags, "--resume")
+
+
+def _assert_each_step_applied_once_and_one_partition(out: Path, steps: int) -> None:
+    """The server's optimizer took ``steps`` steps (none lost, none twice); both SplitFed clients test alike."""
+    optimizer = torch.load(next(out.glob(f"*-server/{SERVER_STATE}")), weights_only=True)["optimizer"]
+    assert {int(state["step"]) for state in optimizer["state"].values()} == {steps}
+    metrics = [json.loads((out / f"c{index}" / "metrics.json").read_text()) for index in (0, 1)]
+    assert metrics[0]["test_loss"] == metrics[1]["test_loss"]
+
+
 @pytest.mark.parametrize("mode, fed_server", [("splitfed", False), ("splitfed", True), ("sequential", False)],
                          ids=["splitfed", "splitfed-fed-server", "sequential"])
 def test_two_clients_train_digits_with_one_server(tmp_path, mode, fed_server):
@@ -263,9 +289,7 @@ def test_two_clients_train_digits_with_one_server(tmp_path, mode, fed_server):
     port, fed_port = free_port(), free_port()
     server = _serve(tmp_path, port, "--clients", "2", "--federation", mode, "--epochs", "4", "--record",
                     *(["--separate-fed-server"] if fed_server else []))
-    fed = subprocess.Popen([sys.executable, "-m", "splitpriv.cli", "federate", "--out", str(tmp_path), "--port",
-                            str(fed_port), *TRAINING, "--epochs", "4"], env={**os.environ, "SPLITPRIV_SECRET": SECRET},
-                           text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) if fed_server else None
+    fed = _federate(tmp_path, fed_port, "4") if fed_server else None
     flags = ["--fed-server", f"127.0.0.1:{fed_port}"] if fed_server else []
     clients = [_client_process(tmp_path, port, index, mode, "4", *flags) for index in (0, 1)]
     for process in clients:
@@ -307,11 +331,7 @@ def test_a_killed_sequential_client_rejoins_and_the_run_ends_as_if_never_interru
         flags = ["--rtt-ms", "150"] if interrupted else []
         clients = [_client_process(out, port, index, "sequential", "3", *flags) for index in (0, 1)]
         if interrupted:
-            wait_for(lambda: checkpoint_epoch(out / "c1" / "checkpoints" / "last.ckpt") >= 0 or clients[1].poll() is not None)
-            clients[1].kill()
-            clients[1].wait()
-            assert not (out / "c1" / "metrics.json").exists(), "client 1 finished before the kill"
-            clients[1] = _client_process(out, port, 1, "sequential", "3", *flags, "--resume")
+            clients[1] = _kill_and_resume_client_1(clients[1], out, port, "sequential", flags)
         for process in clients:
             _, errors = process.communicate(timeout=300)
             assert process.returncode == 0, errors[-2000:]
@@ -338,18 +358,11 @@ def test_a_killed_splitfed_client_rejoins_and_every_step_is_applied_once(tmp_pat
     port, fed_port = free_port(), free_port()
     server = _serve(tmp_path, port, "--clients", "2", "--federation", "splitfed", "--epochs", "3",
                     *(["--separate-fed-server"] if fed_server else []))
-    fed = subprocess.Popen([sys.executable, "-m", "splitpriv.cli", "federate", "--out", str(tmp_path), "--port",
-                            str(fed_port), *TRAINING, "--epochs", "3"], env={**os.environ, "SPLITPRIV_SECRET": SECRET},
-                           text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) if fed_server else None
+    fed = _federate(tmp_path, fed_port, "3") if fed_server else None
     # slower steps, so that the kill lands inside a round
     flags = ["--rtt-ms", "150", *(["--fed-server", f"127.0.0.1:{fed_port}"] if fed_server else [])]
     clients = [_client_process(tmp_path, port, index, "splitfed", "3", *flags) for index in (0, 1)]
-    wait_for(lambda: checkpoint_epoch(tmp_path / "c1" / "checkpoints" / "last.ckpt") >= 0 or clients[1].poll() is not None)
-    time.sleep(0.5)  # into the next round
-    clients[1].kill()
-    clients[1].wait()
-    assert not (tmp_path / "c1" / "metrics.json").exists(), "client 1 finished before the kill"
-    clients[1] = _client_process(tmp_path, port, 1, "splitfed", "3", *flags, "--resume")
+    clients[1] = _kill_and_resume_client_1(clients[1], tmp_path, port, "splitfed", flags, settle_s=0.5)
     for process in clients:
         _, errors = process.communicate(timeout=300)
         assert process.returncode == 0, errors[-2000:]
@@ -363,10 +376,7 @@ def test_a_killed_splitfed_client_rejoins_and_every_step_is_applied_once(tmp_pat
         assert "client 1 was lost" in fed_output
     steps = sum(-(-size // 64) * 3 for size in _shard_sizes(2))
     assert int(output.split("served ")[1].split()[0]) == steps
-    optimizer = torch.load(next(tmp_path.glob(f"*-server/{SERVER_STATE}")), weights_only=True)["optimizer"]
-    assert {int(state["step"]) for state in optimizer["state"].values()} == {steps}  # none lost, none twice
-    metrics = [json.loads((tmp_path / f"c{index}" / "metrics.json").read_text()) for index in (0, 1)]
-    assert metrics[0]["test_loss"] == metrics[1]["test_loss"]
+    _assert_each_step_applied_once_and_one_partition(tmp_path, steps)
 
 
 def test_a_killed_serve_process_resumes_with_its_splitfed_clients(tmp_path):
@@ -398,10 +408,7 @@ def test_a_killed_serve_process_resumes_with_its_splitfed_clients(tmp_path):
     assert code == 0, output
     steps = sum(-(-size // 64) * 3 for size in _shard_sizes(2))
     assert int(output.split("served ")[1].split()[0]) == steps
-    optimizer = torch.load(next(tmp_path.glob(f"*-server/{SERVER_STATE}")), weights_only=True)["optimizer"]
-    assert {int(state["step"]) for state in optimizer["state"].values()} == {steps}  # none lost, none twice
-    metrics = [json.loads((tmp_path / f"c{index}" / "metrics.json").read_text()) for index in (0, 1)]
-    assert metrics[0]["test_loss"] == metrics[1]["test_loss"]
+    _assert_each_step_applied_once_and_one_partition(tmp_path, steps)
 
 
 def test_splitfed_clients_resume_a_serve_process_only_at_a_round_end_they_share():
