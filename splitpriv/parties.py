@@ -26,7 +26,7 @@ from splitpriv.runs import Run, build_module
 from splitpriv.store import CHECKPOINT, read_checkpoint, read_tensors
 from splitpriv.training import REMOTE_STEP, SplitLearningModule, make_optimizer
 from splitpriv.transport import (MODES, TURN_WAIT_FACTOR, Link, ObservationRecord, PeerLost, RemoteServer, Replay,
-                                 Rounds, Shaping, TransportError, accept_client, average_rounds, config_digest, flat_size,
+                                 Rounds, Shaping, TransportError, accept_client, average_rounds, config_digest, flat_size, open_store,
                                  join_server, parse_address, serve_steps)
 
 SERVER_STATE, PREVIOUS_STATE, OBSERVED = "server.ckpt", "server.previous.ckpt", "observed.pt"
@@ -139,10 +139,10 @@ class _Door:
 
     def admit(self, validate) -> tuple[dict, Link]:
         """The next client that proves the secret and passes ``validate``: (its hello, the link to it)."""
-        hello, rendezvous, address = accept_client(self.host, self.port, self.secret, self.digest, self.timeout_s,
-                                                   self.on_listening, validate)
+        hello, store, address = accept_client(self.host, self.port, self.secret, self.digest, self.timeout_s,
+                                              self.on_listening, validate)
         self.on_listening = None
-        return hello, Link.connect(0, self.host, rendezvous, address, self.timeout_s, self.shaping)
+        return hello, Link.connect(0, store, address, self.timeout_s, self.shaping)
 
 
 def _server_party(cfg: RunConfig, hello: dict) -> tuple[SplitLearningModule, tuple[int, ...], int]:
@@ -406,7 +406,7 @@ def train_client(cfg: RunConfig, server_address: str, secret: bytes, timeout_s: 
 def _join(host: str, port: int, secret: bytes, hello: dict, timeout_s: float, shaping: Shaping | None) -> Link:
     """The client's link to the party at ``host:port``, after the handshake."""
     rendezvous, own_address = join_server(host, port, secret, hello, timeout_s)
-    return Link.connect(1, host, rendezvous, own_address, timeout_s, shaping)
+    return Link.connect(1, open_store(host, rendezvous, 1, timeout_s), own_address, timeout_s, shaping)
 
 
 def _state_to_resume(resumable: dict[int, dict[int, int]], joined: dict[int, tuple[Link, dict]]) -> int:

@@ -56,7 +56,7 @@ from splitpriv.models import build_model
 from splitpriv.provenance import provenance
 from splitpriv.store import atomic_save_figure, atomic_write_csv, atomic_write_json, atomic_write_yaml, csv_value, pyplot
 from splitpriv.sweep import (FRONTIER_CSV, NO_DEFENSE, SWEEP_FILE, Cell, SweepConfig, base_run_config, cell_run_config,
-                             check_sweep_folder, grid, seed_splits, worker_setup)
+                             check_sweep_folder, failure_reason, grid, seed_splits, worker_setup)
 from splitpriv.workers import exclusive_sweep_folder
 
 PREDICTED_CSV, PREDICTED_PNG, AGREEMENT_FILE, REHEARSAL_DIR = "predicted.csv", "predicted_vs_measured.png", "agreement.json", "rehearsal"
@@ -70,7 +70,7 @@ SIGNALS = ["rehearsal_accuracy", "linear_decoder_mse", "linear_decoder_ssim", "p
 PREDICTED_COLUMNS = ["key", "cut_layer", "cut_name", "defense", "strength", "strength_parameter", "seed", "compression", "exits",
                      "predicted_test_accuracy",
                      *(f"predicted_worst_{metric}_{model}" for model in THREAT_MODELS for metric in ("mse", "ssim")),
-                     *SIGNALS, "rehearsal_time_s"]
+                     *SIGNALS, "rehearsal_time_s", "rehearsal_failure"]
 NOT_ATTACKED = {"passive_rehearsal_mse": None, "passive_rehearsal_ssim": None}
 HALF = "-rehearsal-half"  # the training key's suffix of the undefended rehearsal on half the training share
 
@@ -243,9 +243,12 @@ def _rehearsed_rows(cfg: SweepConfig, cells: list[Cell], data: SplitData, sweep_
         compression=NO_DEFENSE) for seed in cfg.seeds}
     progress(f"predict {cfg.sweep_name()}: {len(cells)} cells, {len(groups) + len(halves)} rehearsals on "
              f"{len(data.proxy)} proxy images -> {sweep_dir / PREDICTED_CSV}")
-    signals, half_accuracy = _rehearse_all(cfg, groups, halves, sweep_dir, private_samples, epochs_share, progress)
+    signals, half_accuracy, failures = _rehearse_all(cfg, groups, halves, sweep_dir, private_samples, epochs_share, progress)
     rows = []
     for cell in cells:
+        if cell.training_key in failures:  # predicted to fail: no numbers, and the reason
+            rows.append({"key": cell.key, **cell.labels(), "rehearsal_failure": failures[cell.training_key]})
+            continue
         undefended = signals.get(dataclasses.replace(cell, defense=NO_DEFENSE, strength=None, defense_specs=[]).key)
         row = {"key": cell.key, **cell.labels(), **signals[cell.key]}
         row["predicted_test_accuracy"] = _predicted_accuracy(row, undefended, half_accuracy.get(cell.seed),
@@ -293,10 +296,13 @@ def _predicted_accuracy(row: dict, undefended: dict | None, half: float | None, 
 
 def _rehearse_all(cfg: SweepConfig, groups: dict[str, list[Cell]], halves: dict[str, Cell], sweep_dir: Path,
                   private_samples: int, epochs_share: float,
-                  progress: Callable[[str], None]) -> tuple[dict[str, dict], dict[int, float]]:
-    """Every rehearsal on the sweep's executor: the signals by cell key, and each seed's half-data accuracy."""
+                  progress: Callable[[str], None]) -> tuple[dict[str, dict], dict[int, float], dict[str, str]]:
+    """Every rehearsal on the sweep's executor: the signals by cell key, each seed's half-data accuracy,
+    and why each failed rehearsal failed, by training key (a training that diverges on public data is
+    a prediction too: the cell's private run is likely to fail as well)."""
     signals: dict[str, dict] = {}
     half_accuracy: dict[int, float] = {}
+    failures: dict[str, str] = {}
     workers = min(cfg.workers, len(groups) + len(halves))
     inline = cfg.executor == "local" and workers == 1
     with (inline_executor() if inline else cell_executor(cfg.executor, workers, sweep_dir, address=cfg.address,
@@ -307,13 +313,17 @@ def _rehearse_all(cfg: SweepConfig, groups: dict[str, list[Cell]], halves: dict[
                         for key, cell in halves.items()})
         for done, future in enumerate(futures if inline else as_completed(futures), 1):
             key = futures[future]
+            if future.exception() is not None:
+                failures[key] = failure_reason(future.exception())
+                progress(f"rehearsal {done}/{len(futures)} {key}: failed: {failures[key]}")
+                continue
             rows = future.result()
             if key in halves:
                 half_accuracy[halves[key].seed] = rows[0]["rehearsal_accuracy"]
             else:
                 signals.update({row["key"]: row for row in rows})
             progress(f"rehearsal {done}/{len(futures)} {key}: accuracy {rows[0]['rehearsal_accuracy']:.3f}")
-    return signals, half_accuracy
+    return signals, half_accuracy, failures
 
 
 # ----------------------------------------------------------------------------- agreement with a measured sweep
@@ -332,8 +342,9 @@ def agreement(rows: list[dict], frontier: Path) -> dict:
     from scipy.stats import spearmanr
 
     measured = _measured(frontier)
-    both = [row for row in rows if row["key"] in measured]
-    record = {"cells": len(both), "threat_models": {}}
+    both = [row for row in rows if row["key"] in measured and not row.get("rehearsal_failure")]
+    record = {"cells": len(both), "threat_models": {},
+              "failed_rehearsals": sorted(r["key"] for r in rows if r.get("rehearsal_failure"))}
     for model_name in THREAT_MODELS:
         truth = [_float(measured[r["key"]].get(f"worst_mse_{model_name}")) for r in both]
         pairs = [(r, t) for r, t in zip(both, truth) if t is not None]
@@ -368,7 +379,7 @@ def save_agreement_plot(rows: list[dict], frontier: Path, path: Path) -> None:
     """One panel per threat model (predicted against measured worst-case MSE, log scales) and one for accuracy."""
     plt = pyplot()
     measured = _measured(frontier)
-    both = [row for row in rows if row["key"] in measured]
+    both = [row for row in rows if row["key"] in measured and not row.get("rehearsal_failure")]
     defenses = sorted({r["defense"] for r in both})
     colours = {d: plt.get_cmap("tab10")(i) for i, d in enumerate(defenses)}
     figure, axes = plt.subplots(1, len(THREAT_MODELS) + 1, figsize=(4 * (len(THREAT_MODELS) + 1), 3.8))
@@ -397,14 +408,15 @@ def save_agreement_plot(rows: list[dict], frontier: Path, path: Path) -> None:
 def format_predictions(rows: list[dict]) -> str:
     """The predictions as a plain table, one line per cell."""
     header = f"{'cell':40s} {'accuracy':>8s} " + " ".join(f"{'mse ' + m:>14s}" for m in THREAT_MODELS)
-    lines = [header] + [f"{r['key']:40s} {r['predicted_test_accuracy']:8.3f} "
+    lines = [header] + [f"{r['key']:40s} rehearsal failed: {r['rehearsal_failure']}" if r.get("rehearsal_failure") else
+                        f"{r['key']:40s} {r['predicted_test_accuracy']:8.3f} "
                         + " ".join(f"{r[f'predicted_worst_mse_{m}']:14.4f}" for m in THREAT_MODELS) for r in rows]
     return "\n".join(lines)
 
 
 def read_predictions(path: Path) -> list[dict]:
     """``predicted.csv`` as frontier rows (``test_accuracy``, ``worst_mse_<threat model>``, ...), which
-    the planner weighs like a measured frontier."""
+    the planner weighs like a measured frontier; cells whose rehearsal failed are left out."""
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
@@ -412,7 +424,7 @@ def read_predictions(path: Path) -> list[dict]:
                  "strength_parameter": r["strength_parameter"] or None, "compression": r["compression"], "exits": r["exits"],
                  "test_accuracy": float(r["predicted_test_accuracy"]),
                  **{f"worst_{metric}_{model}": float(r[f"predicted_worst_{metric}_{model}"])
-                    for model in THREAT_MODELS for metric in ("mse", "ssim")}} for r in rows]
+                    for model in THREAT_MODELS for metric in ("mse", "ssim")}} for r in rows if not r.get("rehearsal_failure")]
     except (KeyError, ValueError, TypeError, UnicodeDecodeError) as error:
         raise SplitprivError(f"{path} is not a predicted.csv of 'splitpriv predict' ({type(error).__name__}: {error}); "
                              f"rerun splitpriv predict to rewrite it") from None

@@ -130,7 +130,7 @@ def accept_client(host: str, port: int, secret: bytes, config_digest: str, timeo
                   on_listening=None, validate=None) -> tuple[dict, int, str]:
     """Server side: wait for one client that proves the secret and runs the same config
     (``validate(hello)``: a further reason to refuse it, or None). Returns (the client's hello, the
-    rendezvous port, the server's address)."""
+    rendezvous store, the server's address)."""
     with socket.create_server((host, port)) as listener:
         listener.settimeout(timeout_s)
         if on_listening:
@@ -161,9 +161,10 @@ def accept_client(host: str, port: int, secret: bytes, config_digest: str, timeo
                 if reason:
                     _send_json(connection, {"refused": reason})
                     continue
-                rendezvous = free_port(host)
-                _send_json(connection, {"rendezvous_port": rendezvous})
-                return hello, rendezvous, connection.getsockname()[0]
+                # listening before the client hears of its port, so that no other process can take the port
+                store = open_store(host, 0, 0, timeout_s)
+                _send_json(connection, {"rendezvous_port": store.port})
+                return hello, store, connection.getsockname()[0]
 
 
 def join_server(host: str, port: int, secret: bytes, hello: dict, timeout_s: float) -> tuple[int, str]:
@@ -172,7 +173,11 @@ def join_server(host: str, port: int, secret: bytes, hello: dict, timeout_s: flo
     while True:
         try:
             connection = socket.create_connection((host, port), timeout=timeout_s)
-            break
+            if connection.getsockname() != connection.getpeername():
+                break
+            # a TCP self-connection: the port was free and the kernel chose it as this socket's own
+            connection.close()
+            raise ConnectionRefusedError(111, "no server listening yet")
         except OSError as error:
             if time.monotonic() > deadline:
                 raise TransportError(f"cannot reach the server at {host}:{port} ({error.strerror or error}); is "
@@ -185,6 +190,16 @@ def join_server(host: str, port: int, secret: bytes, hello: dict, timeout_s: flo
         if "refused" in answer:
             raise TransportError(f"the server at {host}:{port} refused this client: {answer['refused']}")
         return int(answer["rendezvous_port"]), connection.getsockname()[0]
+
+
+def open_store(host: str, port: int, rank: int, timeout_s: float) -> dist.Store:
+    """The two parties' rendezvous store on ``host:port``: rank 0 listens (port 0: a port the OS
+    picks), rank 1 connects."""
+    try:
+        return dist.TCPStore(host, port, 2, rank == 0, timeout=datetime.timedelta(seconds=timeout_s),
+                             wait_for_workers=False)
+    except (RuntimeError, dist.DistBackendError) as error:
+        raise TransportError(f"the rendezvous store on {host}:{port} failed: {' '.join(str(error).split())[:200]}") from None
 
 
 def config_digest(values: dict) -> str:
@@ -220,18 +235,16 @@ class Link:
     shaping: Shaping = field(default_factory=Shaping)
 
     @classmethod
-    def connect(cls, rank: int, store_host: str, port: int, own_address: str, timeout_s: float,
+    def connect(cls, rank: int, store: dist.Store, own_address: str, timeout_s: float,
                 shaping: Shaping | None = None) -> "Link":
-        timeout = datetime.timedelta(seconds=timeout_s)
+        """The link through ``store`` (:func:`open_store`), this party being ``rank``."""
+        options = dist.ProcessGroupGloo._Options()
+        options._timeout = datetime.timedelta(seconds=timeout_s)
         try:
-            store = dist.TCPStore(store_host, port, 2, rank == 0, timeout=timeout)
-            options = dist.ProcessGroupGloo._Options()
             options._devices = [dist.ProcessGroupGloo.create_device(hostname=own_address)]
-            options._timeout = timeout
             group = dist.ProcessGroupGloo(store, rank, 2, options)
         except (RuntimeError, dist.DistBackendError) as error:
-            raise TransportError(f"the rendezvous with the other party on port {port} failed: "
-                                 f"{' '.join(str(error).split())[:200]}") from None
+            raise TransportError(f"the rendezvous with the other party failed: {' '.join(str(error).split())[:200]}") from None
         return cls(group, rank, timeout_s, store, shaping or Shaping())
 
     @property

@@ -20,7 +20,7 @@ from typing import Callable
 
 from splitpriv.attack_suite import run_attacks
 from splitpriv.attacks.threat_models import THREAT_MODELS
-from splitpriv.errors import ConfigError
+from splitpriv.errors import ConfigError, SplitprivError
 from splitpriv.experiment import train
 from splitpriv.prediction import EPOCHS_SHARE, PREDICTED_CSV, predict, read_predictions
 from splitpriv.provenance import provenance
@@ -49,6 +49,9 @@ def choose(rows: list[dict], target_mse: float, max_accuracy_drop: float, threat
     options = [Choice(cut, defense, strength, statistics.mean(r[f"worst_mse_{threat_model}"] for r in group),
                       statistics.mean(r["test_accuracy"] for r in group))
                for (cut, defense, strength), group in settings.items()]
+    if not options:
+        raise SplitprivError("no setting of the grid has a prediction: every rehearsal failed (predicted.csv's "
+                             "rehearsal_failure says why); change the grid or the training settings")
     undefended = max((o.predicted_accuracy for o in options if o.defense == NO_DEFENSE), default=max(o.predicted_accuracy for o in options))
     eligible = [o for o in options if o.predicted_mse >= target_mse and undefended - o.predicted_accuracy <= max_accuracy_drop]
     chosen = max(eligible, key=lambda o: (o.predicted_accuracy, -o.cut_layer), default=None)

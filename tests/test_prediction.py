@@ -161,3 +161,28 @@ def test_too_few_proxy_images_for_a_rehearsal_is_one_message(tmp_path, capsys):
     config.write_text(yaml.safe_dump({"data": {"proxy_size": 5}}))
     assert main(["predict", "--config", str(config), "--out", str(tmp_path)]) == 2
     assert "too few for a rehearsal" in capsys.readouterr().err
+
+
+def test_a_rehearsal_that_diverges_is_a_predicted_failure_and_the_other_cells_are_predicted(tmp_path, monkeypatch, capsys):
+    """A cell whose rehearsal diverges on public data is written with the reason and no numbers (the
+    planner and tune leave it out); the other cells are predicted, and predict ends normally."""
+    import splitpriv.prediction as prediction
+    from splitpriv.errors import TrainingDiverged
+
+    real_train = prediction.train
+
+    def diverging_for_noise(run_cfg, **kwargs):
+        if any(spec["name"] == "dp_noise" for spec in run_cfg.defenses):
+            raise TrainingDiverged("training diverged in epoch 1: the mean training loss is nan")
+        return real_train(run_cfg, **kwargs)
+
+    monkeypatch.setattr(prediction, "train", diverging_for_noise)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "seeds": [0], "workers": 1, "training": {"epochs": 1}}))
+    assert main(["predict", "--config", str(config), "--out", str(tmp_path), "--name", "tiny"]) == 0
+    assert "cut1-dp_noise-8-seed0" in capsys.readouterr().out.split("rehearsal failed: training diverged")[0]
+    written = {r["key"]: r for r in csv.DictReader((tmp_path / "tiny" / PREDICTED_CSV).open())}
+    failed, kept = written["cut1-dp_noise-8-seed0"], written["cut1-none-seed0"]
+    assert "diverged" in failed["rehearsal_failure"] and failed["predicted_worst_mse_white_box"] == ""
+    assert kept["rehearsal_failure"] == "" and float(kept["predicted_worst_mse_white_box"]) > 0
+    assert [row["defense"] for row in read_predictions(tmp_path / "tiny" / PREDICTED_CSV)] == ["none"]

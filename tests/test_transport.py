@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -224,15 +225,17 @@ def test_a_peer_that_stalls_or_vanishes_is_an_error_within_the_timeout(then):
     port = free_port()
     client = f"""
 import os, time
-from splitpriv.transport import Link, join_server
+from splitpriv.transport import Link, join_server, open_store
 rendezvous, own = join_server("127.0.0.1", {port}, {SECRET!r}.encode(), {{"config_digest": "d", "dataset_info": {{}}}}, 90)
-link = Link.connect(1, "127.0.0.1", rendezvous, own, 20)
+link = Link.connect(1, open_store("127.0.0.1", rendezvous, 1, 20), own, 20)
 {then}
 """
     child = subprocess.Popen([sys.executable, "-c", client])
     try:
-        _, rendezvous, address = accept_client("127.0.0.1", port, SECRET.encode(), "d", 90)
-        link = Link.connect(0, "127.0.0.1", rendezvous, address, 3)
+        _, store, address = accept_client("127.0.0.1", port, SECRET.encode(), "d", 90)
+        with pytest.raises(OSError), socket.create_server(("127.0.0.1", store.port)):
+            pass  # the rendezvous port was held from before the client heard of it: no other process can take it
+        link = Link.connect(0, store, address, 3)
         started = time.monotonic()
         with pytest.raises(TransportError, match="vanished or stalled for more than 3 s"):
             link.receive_header()
@@ -294,7 +297,9 @@ def test_two_clients_train_digits_with_one_server(tmp_path, mode, fed_server):
     clients = [_client_process(tmp_path, port, index, mode, "4", *flags) for index in (0, 1)]
     for process in clients:
         out, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err[-2000:]
+        if process.returncode != 0:
+            server.kill()
+            pytest.fail(f"client: {err[-2000:]}\nserver: {''.join(server.communicate())[-3000:]}")
     code, output = _finish(server)
     assert code == 0, output
     if fed:
