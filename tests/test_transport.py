@@ -389,9 +389,10 @@ def test_a_killed_serve_process_resumes_with_its_splitfed_clients(tmp_path):
     message. Start all three again with --resume: the server goes back to the round end both clients'
     checkpoints hold, each step is applied once, and both clients end with the same partition."""
     port = free_port()
-    # slower steps (a round takes at least 9 x 0.2 s), so that the kill lands well inside the second round: a kill
-    # at its very end may leave the clients' checkpoints at different rounds, which is refused by design
-    flags = ["--rtt-ms", "200"]
+    # slower steps (a client's send waits rtt / 2, so a round takes at least 9 x 0.2 s), so that the kill lands well
+    # inside the second round: a kill at its very end may leave the clients' checkpoints at different rounds, which
+    # is refused by design
+    flags = ["--rtt-ms", "400"]
     server = _serve(tmp_path, port, "--clients", "2", "--federation", "splitfed", "--epochs", "3")
     clients = [_client_process(tmp_path, port, index, "splitfed", "3", *flags) for index in (0, 1)]
     checkpoints = [tmp_path / f"c{index}" / "checkpoints" / "last.ckpt" for index in (0, 1)]
