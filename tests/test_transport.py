@@ -208,6 +208,25 @@ def test_missing_or_short_secret_and_absent_server_are_one_message_each(tmp_path
     assert "expected HOST:PORT" in capsys.readouterr().err
 
 
+def test_a_tcp_self_connection_counts_as_no_server_yet(monkeypatch):
+    """Connecting to a local port nobody listens on can connect the socket to itself (the kernel may choose
+    that port as its own): the client must take it as no server yet, not wait for a challenge from itself."""
+    import splitpriv.transport as transport
+
+    def self_connected(address, timeout=None):
+        connection = socket.socket()
+        connection.bind(("127.0.0.1", 0))
+        connection.connect(connection.getsockname())  # TCP simultaneous open with itself
+        connection.settimeout(timeout)
+        return connection
+
+    monkeypatch.setattr(transport.socket, "create_connection", self_connected)
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="cannot reach the server"):
+        transport.join_server("127.0.0.1", free_port(), SECRET.encode(), {}, 1)
+    assert time.monotonic() - started < 5
+
+
 @pytest.mark.parametrize("operation, step, dtype, shape, wanted", [
     (1, 5, torch.float32, (4, 32, 4, 4), "expected step 1"),  # a step lost or replayed
     (1, 1, torch.int64, (4, 32, 4, 4), "floating point"),
