@@ -313,8 +313,9 @@ def _rehearse_all(cfg: SweepConfig, groups: dict[str, list[Cell]], halves: dict[
                         for key, cell in halves.items()})
         for done, future in enumerate(futures if inline else as_completed(futures), 1):
             key = futures[future]
-            if future.exception() is not None:
-                failures[key] = failure_reason(future.exception())
+            error = future.exception()
+            if error is not None:
+                failures[key] = failure_reason(error)
                 progress(f"rehearsal {done}/{len(futures)} {key}: failed: {failures[key]}")
                 continue
             rows = future.result()
@@ -336,13 +337,18 @@ def _measured(frontier: Path) -> dict[str, dict]:
                  int(r["seed"]), [], compression=r["compression"], exits=r["exits"]).key: r for r in rows}
 
 
+def _compared(rows: list[dict], frontier: Path) -> tuple[dict[str, dict], list[dict]]:
+    """The measured rows by cell key, and the predicted rows (rehearsal not failed) that have one."""
+    measured = _measured(frontier)
+    return measured, [row for row in rows if row["key"] in measured and not row.get("rehearsal_failure")]
+
+
 def agreement(rows: list[dict], frontier: Path) -> dict:
     """Spearman rank correlation of predicted and measured worst-case MSE per threat model (and of
     each signal), and the predicted accuracy's mean absolute error, over the cells both hold."""
     from scipy.stats import spearmanr
 
-    measured = _measured(frontier)
-    both = [row for row in rows if row["key"] in measured and not row.get("rehearsal_failure")]
+    measured, both = _compared(rows, frontier)
     record = {"cells": len(both), "threat_models": {},
               "failed_rehearsals": sorted(r["key"] for r in rows if r.get("rehearsal_failure"))}
     for model_name in THREAT_MODELS:
@@ -378,8 +384,7 @@ def _spearman(spearmanr, predicted: list[float], measured: list[float]) -> float
 def save_agreement_plot(rows: list[dict], frontier: Path, path: Path) -> None:
     """One panel per threat model (predicted against measured worst-case MSE, log scales) and one for accuracy."""
     plt = pyplot()
-    measured = _measured(frontier)
-    both = [row for row in rows if row["key"] in measured and not row.get("rehearsal_failure")]
+    measured, both = _compared(rows, frontier)
     defenses = sorted({r["defense"] for r in both})
     colours = {d: plt.get_cmap("tab10")(i) for i, d in enumerate(defenses)}
     figure, axes = plt.subplots(1, len(THREAT_MODELS) + 1, figsize=(4 * (len(THREAT_MODELS) + 1), 3.8))

@@ -127,7 +127,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def accept_client(host: str, port: int, secret: bytes, config_digest: str, timeout_s: float,
-                  on_listening=None, validate=None) -> tuple[dict, int, str]:
+                  on_listening=None, validate=None) -> tuple[dict, dist.Store, str]:
     """Server side: wait for one client that proves the secret and runs the same config
     (``validate(hello)``: a further reason to refuse it, or None). Returns (the client's hello, the
     rendezvous store, the server's address)."""
@@ -173,16 +173,17 @@ def join_server(host: str, port: int, secret: bytes, hello: dict, timeout_s: flo
     while True:
         try:
             connection = socket.create_connection((host, port), timeout=timeout_s)
+        except OSError as error:
+            reason = error.strerror or error
+        else:
             if connection.getsockname() != connection.getpeername():
                 break
-            # a TCP self-connection: the port was free and the kernel chose it as this socket's own
-            connection.close()
-            raise ConnectionRefusedError(111, "no server listening yet")
-        except OSError as error:
-            if time.monotonic() > deadline:
-                raise TransportError(f"cannot reach the server at {host}:{port} ({error.strerror or error}); is "
-                                     f"'splitpriv serve' running there?") from None
-            time.sleep(0.2)
+            connection.close()  # a TCP self-connection: the port was free and the kernel chose it as this socket's own
+            reason = "no server listening yet"
+        if time.monotonic() > deadline:
+            raise TransportError(f"cannot reach the server at {host}:{port} ({reason}); is 'splitpriv serve' running "
+                                 f"there?")
+        time.sleep(0.2)
     with connection:
         challenge = _receive_json(connection)
         _send_json(connection, {**hello, "mac": _mac(secret, str(challenge.get("nonce", "")))})
