@@ -132,7 +132,8 @@ def passive_leakage(cfg: SweepConfig, run, test_images: torch.Tensor, test_messa
     attacks = [a for a in build_attacks(specs) if THREAT_MODELS["passive"].admits(a.grants)]
     if not attacks:
         return NOT_ATTACKED
-    proxy, _, _ = load_proxy(run.data, run.config.data, None, None, seed)
+    # the sweep's attacker's proxy: its source and size cap (a slice of the rehearsal's own proxy by default)
+    proxy, _, _ = load_proxy(run.data, run.config.data, cfg.attack.proxy, cfg.attack.proxy_size, seed)
     target = deployed_target(run, proxy, seed)
     scores = [evaluate(attack, target, test_messages, test_images).metrics for attack in attacks]
     worst = min(scores, key=lambda metrics: metrics["mse"])

@@ -186,3 +186,20 @@ def test_a_rehearsal_that_diverges_is_a_predicted_failure_and_the_other_cells_ar
     assert "diverged" in failed["rehearsal_failure"] and failed["predicted_worst_mse_white_box"] == ""
     assert kept["rehearsal_failure"] == "" and float(kept["predicted_worst_mse_white_box"]) > 0
     assert [row["defense"] for row in read_predictions(tmp_path / "tiny" / PREDICTED_CSV)] == ["none"]
+
+
+def test_the_rehearsals_passive_attacker_has_the_sweeps_proxy_size(tmp_path, monkeypatch):
+    """The passive rehearsal attack mirrors the sweep's attacker, whose proxy ``attack.proxy_size`` caps."""
+    import splitpriv.prediction as prediction
+
+    proxy_sizes, real_evaluate = [], prediction.evaluate
+
+    def recording(attack, target, *args):
+        proxy_sizes.append(len(target.proxy.images))
+        return real_evaluate(attack, target, *args)
+
+    monkeypatch.setattr(prediction, "evaluate", recording)
+    attack = {**TINY["attack"], "attacks": TINY["attack"]["attacks"][1:], "proxy_size": 20}
+    config = {**TINY, "seeds": [0], "workers": 1, "training": {"epochs": 1}, "defenses": [{"name": "none"}], "attack": attack}
+    predict(load_sweep_config({**config, "out": str(tmp_path), "name": "capped"}), progress=lambda line: None)
+    assert proxy_sizes == [20]

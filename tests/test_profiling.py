@@ -16,7 +16,7 @@ VGG16_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "
 
 def vgg16_sizes_by_hand(batch: int) -> list[int]:
     """fp32 bytes after every features layer of VGG16 on 32x32 inputs, from the architecture."""
-    sizes, side = [], 32
+    sizes, side, channels = [], 32, 3
     for entry in VGG16_CONFIG:
         if entry == "M":
             side //= 2
