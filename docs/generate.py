@@ -5,6 +5,7 @@ run folders, so that no number in the docs is typed by hand.
     python docs/generate.py default-sweep            # runs `splitpriv sweep` (minutes)
     python docs/generate.py default-sweep --from runs/digits-small_cnn-sweep   # from an existing sweep folder
     python docs/generate.py mnist-frontier --from runs/mnist-frontier --data-root ../shared/data
+    python docs/generate.py prediction-mnist --from runs/mnist-prediction   # where predict, sweep, predict ran
 
 Each page says what produced it: the command, the source commit, the date, the wall time, and this
 machine's speed in units of ``../shared/bench/ref_workload.py`` when that file is there. A sweep
@@ -164,6 +165,15 @@ PAGES = {
         "model, and of each signal alone; the accuracy's error. The plot: [predicted_vs_measured.png](predicted_vs_measured.png).",
         commands=["python benchmarks/prediction_agreement.py --plot docs/results/predicted_vs_measured.png"], cheap=False,
         readme_lines=r"^(threat|passive|black_box|white_box|test accuracy|wall time|with --epochs-share)"),
+    "prediction-mnist": Page(
+        "Leakage and accuracy predicted before private training, against a measured MNIST sweep",
+        "`experiments/mnist_prediction_sweep.yaml`: `experiments/mnist_sweep.yaml`'s 4 cuts x 7 settings sized for "
+        "2 CPU cores (5,000 private training images, 2 epochs, one capped attack per threat model). `splitpriv "
+        "predict`, then `splitpriv sweep`, then `splitpriv predict` again for the agreement; `--from` tabulates a "
+        "folder where that ran. The plot: [predicted_vs_measured_mnist.png](predicted_vs_measured_mnist.png).",
+        commands=["python benchmarks/prediction_agreement.py --config experiments/mnist_prediction_sweep.yaml "
+                  "--data-root {data_root} --no-full-share --plot docs/results/predicted_vs_measured_mnist.png{from_option}"],
+        cheap=False),
     "defense-overhead": Page(
         "Defense overhead",
         "Training-step time of each defense relative to no defense on digits.",
@@ -258,7 +268,8 @@ def update_readme_block(name: str, table: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pages", nargs="*", help=f"pages to generate, of {sorted(PAGES)} (default: every cheap page)")
-    parser.add_argument("--from", dest="existing", type=Path, help="an existing sweep folder for a sweep page")
+    parser.add_argument("--from", dest="existing", type=Path,
+                        help="an existing sweep folder, for a sweep page or prediction-mnist")
     parser.add_argument("--data-root", default="../shared/data", help="data sets, relative to the repository root")
     parser.add_argument("--before", default="", help="frontier-equality: the sweep folder of the earlier commit")
     parser.add_argument("--after", default="", help="frontier-equality: the sweep folder of the later commit")
@@ -270,7 +281,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         values = {"tmp": tmp, "out": str(Path(tmp) / "runs"), "data_root": args.data_root, "before": args.before,
-                  "after": args.after}
+                  "after": args.after, "from_option": f" --from {shlex.quote(str(args.existing))}" if args.existing else ""}
         for name in names:
             print(f"generating {name} ...", flush=True)
             text = generate(name, PAGES[name], values, args.existing)
