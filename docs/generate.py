@@ -176,8 +176,8 @@ PAGES = {
         cheap=False),
     "defense-overhead": Page(
         "Defense overhead",
-        "Training-step time of each defense relative to no defense on digits.",
-        commands=["python benchmarks/defense_overhead.py"], cheap=False),
+        "Training-step time of each defense relative to no defense on digits and MNIST.",
+        commands=["python benchmarks/defense_overhead.py --data-root {data_root}"], cheap=False),
 }
 
 
