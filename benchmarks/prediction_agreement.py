@@ -89,19 +89,15 @@ def recorded(folder: Path) -> tuple[Path, dict, float, float, None, None]:
     record = json.loads((folder / "agreement.json").read_text())
     if "agreement" not in record:
         raise SystemExit(f"{folder} holds no agreement: run `splitpriv predict` there again after the sweep")
-    started = json.loads((folder / "provenance.json").read_text())["started"]
-    print(f"tabulated from {folder.name}: `{record['provenance']['command']}` at commit {record['provenance']['commit']}, "
-          f"then `{started['command']}` at commit {started['commit']}\n")
-    return folder, record, record["wall_s"], recorded_sweep_seconds(folder), None, None
-
-
-def recorded_sweep_seconds(folder: Path) -> float:
-    """A sweep's wall time from its start to its frontier.csv: one uninterrupted run only."""
     provenance = json.loads((folder / "provenance.json").read_text())
     if provenance["resumed"]:
         raise SystemExit(f"the sweep in {folder} was resumed, so its wall time is not recorded; time a fresh one")
-    started = datetime.datetime.fromisoformat(provenance["started"]["created_utc"]).timestamp()
-    return (folder / "frontier.csv").stat().st_mtime - started
+    started = provenance["started"]
+    print(f"tabulated from {folder.name}: `{record['provenance']['command']}` at commit {record['provenance']['commit']}, "
+          f"then `{started['command']}` at commit {started['commit']}\n")
+    # one uninterrupted sweep: from its start to its frontier.csv
+    sweep_s = (folder / "frontier.csv").stat().st_mtime - datetime.datetime.fromisoformat(started["created_utc"]).timestamp()
+    return folder, record, record["wall_s"], sweep_s, None, None
 
 
 def agreement_record(out: Path) -> dict:
