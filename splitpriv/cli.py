@@ -57,6 +57,9 @@ def user_message(error: BaseException, argv: list[str], flag_keys: dict[str, str
         typed = [flag for flag in flag_keys.get(error.key, ()) if any(a == flag or a.startswith(flag + "=") for a in argv)]
         if typed:
             return f"{error.problem} {typed[0]} (config key '{error.key}'): {error.value!r}; allowed: {error.allowed}"
+    if isinstance(error, ConnectionError):
+        return (f"{error.strerror or error} (the connection to the other party broke: check that it is still running "
+                f"and reachable, then start this party again)")
     if isinstance(error, OSError) and not isinstance(error, SplitprivError):
         where = " -> ".join(str(f) for f in (error.filename, error.filename2) if f is not None)
         return (f"{error.strerror or error}: {where}" if where else str(error)) + \

@@ -12,8 +12,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import socket
 import threading
-from dataclasses import asdict, dataclass
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,8 +28,8 @@ from splitpriv.runs import Run, build_module
 from splitpriv.store import CHECKPOINT, read_checkpoint, read_tensors
 from splitpriv.training import REMOTE_STEP, SplitLearningModule, make_optimizer
 from splitpriv.transport import (MODES, TURN_WAIT_FACTOR, Link, ObservationRecord, PeerLost, RemoteServer, Replay,
-                                 Rounds, Shaping, TransportError, accept_client, average_rounds, config_digest, flat_size, open_store,
-                                 join_server, parse_address, serve_steps)
+                                 Rounds, Shaping, TransportError, accept_client, average_rounds, config_digest, flat_size,
+                                 join_server, listen, open_store, parse_address, serve_steps)
 
 SERVER_STATE, PREVIOUS_STATE, OBSERVED = "server.ckpt", "server.previous.ckpt", "observed.pt"
 
@@ -127,7 +129,8 @@ class ServerStates:
 
 @dataclass
 class _Door:
-    """Where clients join: the handshake on ``host:port``, then a Gloo link to each client admitted."""
+    """Where clients join: the handshake on ``host:port``, then a Gloo link to each client admitted. It
+    listens from its creation until :meth:`close` (``on_listening`` is called then, with the address)."""
 
     host: str
     port: int
@@ -135,14 +138,21 @@ class _Door:
     digest: str
     timeout_s: float
     shaping: Shaping | None
-    on_listening: object = None  # called once, with the listening address
+    on_listening: object = None
+    listener: socket.socket = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.listener = listen(self.host, self.port)
+        if self.on_listening:
+            self.on_listening(self.listener.getsockname())
 
     def admit(self, validate) -> tuple[dict, Link]:
         """The next client that proves the secret and passes ``validate``: (its hello, the link to it)."""
-        hello, store, address = accept_client(self.host, self.port, self.secret, self.digest, self.timeout_s,
-                                              self.on_listening, validate)
-        self.on_listening = None
+        hello, store, address = accept_client(self.listener, self.secret, self.digest, self.timeout_s, validate)
         return hello, Link.connect(0, store, address, self.timeout_s, self.shaping)
+
+    def close(self) -> None:
+        self.listener.close()
 
 
 def _server_party(cfg: RunConfig, hello: dict) -> tuple[SplitLearningModule, tuple[int, ...], int]:
@@ -192,76 +202,77 @@ def serve(cfg: RunConfig, host: str, port: int, secret: bytes, out: str | Path, 
                 f"server's last two epoch ends)")
 
     door = _Door(host, port, secret, digest, timeout_s, shaping, on_listening)
-    joined = _admit_clients(door, federation.clients, refusal_to_start)
-    module, message_shape, num_classes = _server_party(cfg, joined[0][1])
-    server = module.server
-    optimizer = make_optimizer(server.parameters(), cfg.training.server_optimizer)
-    folder.mkdir(parents=True, exist_ok=True)
-    states = ServerStates(server, optimizer, folder / SERVER_STATE)
-    several = federation.clients > 1
-    if saved:
-        states.hold(saved)
-        states.restore(_state_to_resume(resumable, joined))
-    else:
-        states.save(0, {index: 0 for index in joined} if several else None)
-    rounds = Rounds(federation.clients, federation.mode, module.client, states.save, timeout_s * TURN_WAIT_FACTOR,
-                    partitions=not federation.fed_server, server=server)
-    observations = {index: ObservationRecord() for index in joined} if record else {}
-    replays = _replays(joined, federation)
-    steps: dict[int, int] = {}
-    turn_ends = {index: hello.get("resume_step", 0) for index, (_, hello) in joined.items()}  # each client's last
-    rejoining = threading.Lock()  # one door: clients rejoin one at a time
+    with closing(door):  # the clients rejoin through it until the last one ends
+        joined = _admit_clients(door, federation.clients, refusal_to_start)
+        module, message_shape, num_classes = _server_party(cfg, joined[0][1])
+        server = module.server
+        optimizer = make_optimizer(server.parameters(), cfg.training.server_optimizer)
+        folder.mkdir(parents=True, exist_ok=True)
+        states = ServerStates(server, optimizer, folder / SERVER_STATE)
+        several = federation.clients > 1
+        if saved:
+            states.hold(saved)
+            states.restore(_state_to_resume(resumable, joined))
+        else:
+            states.save(0, {index: 0 for index in joined} if several else None)
+        rounds = Rounds(federation.clients, federation.mode, module.client, states.save, timeout_s * TURN_WAIT_FACTOR,
+                        partitions=not federation.fed_server, server=server)
+        observations = {index: ObservationRecord() for index in joined} if record else {}
+        replays = _replays(joined, federation)
+        steps: dict[int, int] = {}
+        turn_ends = {index: hello.get("resume_step", 0) for index, (_, hello) in joined.items()}  # each client's last
+        rejoining = threading.Lock()  # one door: clients rejoin one at a time
 
-    def refusal(index: int, hello: dict) -> str | None:
-        """Why client ``index`` cannot rejoin with ``hello`` (past the index check), or None."""
-        step = hello.get("resume_step", 0)
-        if federation.clients == 1:
-            return states.refusal(step)
-        if index in replays:
-            return replays[index].refusal(step)
-        if step != turn_ends[index]:
-            return (f"client {index} resumes after training step {step!r}, but its last turn ended after step "
-                    f"{turn_ends[index]} (its checkpoint of that turn was lost); start every party afresh")
-        return None
-
-    def rejoined(index: int, lost: PeerLost) -> tuple[Link, int]:
-        """Client ``index`` vanished or stalled: wait for it to rejoin from its last checkpoint. One client:
-        the server goes back to its state at that checkpoint's step. Sequential clients: to its state at
-        the start of the lost client's turn (the others' steps are all before it). SplitFed: the server's
-        state stays, and the steps the client sends again are answered from its replay log."""
-        with rejoining:
-            hello, link = _await_rejoin(door, index, lost, lambda hello: refusal(index, hello))
+        def refusal(index: int, hello: dict) -> str | None:
+            """Why client ``index`` cannot rejoin with ``hello`` (past the index check), or None."""
             step = hello.get("resume_step", 0)
-            with rounds.lock:
-                if federation.clients == 1:
-                    states.restore(step)
-                elif rounds.turn == index:  # lost in its turn: the steps of that turn are undone
-                    states.restore(states.latest)
-        if index in observations:
-            observations[index].rewind()
-        print(f"client {index} rejoined after training step {step}; " + (
-            f"{replays[index].held_after(step)} step(s) it sends again are answered from the replay log"
-            if index in replays else "the server's state is restored to the start of the steps it will send again"),
-            flush=True)
-        return link, step
+            if federation.clients == 1:
+                return states.refusal(step)
+            if index in replays:
+                return replays[index].refusal(step)
+            if step != turn_ends[index]:
+                return (f"client {index} resumes after training step {step!r}, but its last turn ended after step "
+                        f"{turn_ends[index]} (its checkpoint of that turn was lost); start every party afresh")
+            return None
 
-    def turn_ended(index: int, step: int) -> None:
-        turn_ends[index] = step
+        def rejoined(index: int, lost: PeerLost) -> tuple[Link, int]:
+            """Client ``index`` vanished or stalled: wait for it to rejoin from its last checkpoint. One client:
+            the server goes back to its state at that checkpoint's step. Sequential clients: to its state at
+            the start of the lost client's turn (the others' steps are all before it). SplitFed: the server's
+            state stays, and the steps the client sends again are answered from its replay log."""
+            with rejoining:
+                hello, link = _await_rejoin(door, index, lost, lambda hello: refusal(index, hello))
+                step = hello.get("resume_step", 0)
+                with rounds.lock:
+                    if federation.clients == 1:
+                        states.restore(step)
+                    elif rounds.turn == index:  # lost in its turn: the steps of that turn are undone
+                        states.restore(states.latest)
+            if index in observations:
+                observations[index].rewind()
+            print(f"client {index} rejoined after training step {step}; " + (
+                f"{replays[index].held_after(step)} step(s) it sends again are answered from the replay log"
+                if index in replays else "the server's state is restored to the start of the steps it will send again"),
+                flush=True)
+            return link, step
 
-    def serve_one(index: int, link: Link) -> None:
-        first_step = joined[index][1].get("resume_step", 0)
-        while True:
-            try:
-                steps[index] = serve_steps(link, server, optimizer, message_shape, num_classes,
-                                           max(cfg.training.batch_size, 1024), rounds, index,
-                                           flat_size(module.client), observations.get(index), first_step, turn_ended,
-                                           replays.get(index))
-                return
-            except PeerLost as lost:
-                link.close()
-                link, first_step = rejoined(index, lost)
+        def turn_ended(index: int, step: int) -> None:
+            turn_ends[index] = step
 
-    _for_each_client(joined, rounds, serve_one)
+        def serve_one(index: int, link: Link) -> None:
+            first_step = joined[index][1].get("resume_step", 0)
+            while True:
+                try:
+                    steps[index] = serve_steps(link, server, optimizer, message_shape, num_classes,
+                                               max(cfg.training.batch_size, 1024), rounds, index,
+                                               flat_size(module.client), observations.get(index), first_step, turn_ended,
+                                               replays.get(index))
+                    return
+                except PeerLost as lost:
+                    link.close()
+                    link, first_step = rejoined(index, lost)
+
+        _for_each_client(joined, rounds, serve_one)
     states.save(sum(steps.values()), steps if several else None)
     recorded = [folder / record_name(index, federation.clients) for index in sorted(observations)]
     for index, path in zip(sorted(observations), recorded):
@@ -279,27 +290,28 @@ def federate(cfg: RunConfig, host: str, port: int, secret: bytes, federation: Fe
     the serve process then sees no partition. Returns a summary (rounds, clients)."""
     if not federation.fed_server:
         raise ConfigError("fed server", federation, "Federation(clients >= 2, 'splitfed', fed_server=True)")
-    door = _Door(host, port, secret, config_digest(agreed_settings(cfg, federation)), timeout_s, None, on_listening)
 
     def refusal(hello: dict) -> str | None:
         return "a fed server does not resume; start every party afresh" if hello.get("resume_step", 0) else None
 
-    joined = _admit_clients(door, federation.clients, refusal)
-    client = _server_party(cfg, joined[0][1])[0].client
-    rounds = Rounds(federation.clients, federation.mode, client, lambda *_: None, timeout_s * TURN_WAIT_FACTOR)
-    replays, rejoining = _replays(joined, federation), threading.Lock()
+    door = _Door(host, port, secret, config_digest(agreed_settings(cfg, federation)), timeout_s, None, on_listening)
+    with closing(door):  # the clients rejoin through it until the last one ends
+        joined = _admit_clients(door, federation.clients, refusal)
+        client = _server_party(cfg, joined[0][1])[0].client
+        rounds = Rounds(federation.clients, federation.mode, client, lambda *_: None, timeout_s * TURN_WAIT_FACTOR)
+        replays, rejoining = _replays(joined, federation), threading.Lock()
 
-    def average_one(index: int, link: Link) -> None:
-        while True:
-            try:
-                average_rounds(link, rounds, index, flat_size(client), replays[index])
-                return
-            except PeerLost as lost:  # a rejoined client's round ends sent again are answered from its replay log
-                link.close()
-                with rejoining:
-                    link = _await_rejoin(door, index, lost, lambda hello: replays[index].refusal(hello.get("resume_step", 0)))[1]
+        def average_one(index: int, link: Link) -> None:
+            while True:
+                try:
+                    average_rounds(link, rounds, index, flat_size(client), replays[index])
+                    return
+                except PeerLost as lost:  # a rejoined client's round ends sent again are answered from its replay log
+                    link.close()
+                    with rejoining:
+                        link = _await_rejoin(door, index, lost, lambda hello: replays[index].refusal(hello.get("resume_step", 0)))[1]
 
-    _for_each_client(joined, rounds, average_one)
+        _for_each_client(joined, rounds, average_one)
     return {"rounds": rounds.round, "clients": federation.clients}
 
 

@@ -126,68 +126,96 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
-def accept_client(host: str, port: int, secret: bytes, config_digest: str, timeout_s: float,
-                  on_listening=None, validate=None) -> tuple[dict, dist.Store, str]:
-    """Server side: wait for one client that proves the secret and runs the same config
-    (``validate(hello)``: a further reason to refuse it, or None). Returns (the client's hello, the
-    rendezvous store, the server's address)."""
-    with socket.create_server((host, port)) as listener:
-        listener.settimeout(timeout_s)
-        if on_listening:
-            on_listening(listener.getsockname())
-        while True:
+def listen(host: str, port: int) -> socket.socket:
+    """The server's handshake socket on ``host:port``. It stays open while the server runs: a client that
+    connects while another is being admitted waits in the kernel's queue (closing the socket in between
+    would reset its connection)."""
+    return socket.create_server((host, port))
+
+
+def accept_client(listener: socket.socket, secret: bytes, config_digest: str, timeout_s: float,
+                  validate=None) -> tuple[dict, dist.Store, str]:
+    """Server side: wait on ``listener`` (:func:`listen`) for one client that proves the secret and runs
+    the same config (``validate(hello)``: a further reason to refuse it, or None). Returns (the client's
+    hello, the rendezvous store, the server's address)."""
+    host, port = listener.getsockname()[:2]
+    listener.settimeout(timeout_s)
+    while True:
+        try:
+            connection, peer = listener.accept()
+        except socket.timeout:
+            raise TransportError(f"no client connected to {host}:{port} within {timeout_s:.0f} s") from None
+        with connection:
+            connection.settimeout(timeout_s)
             try:
-                connection, peer = listener.accept()
-            except socket.timeout:
-                raise TransportError(f"no client connected to {host}:{port} within {timeout_s:.0f} s") from None
-            with connection:
-                connection.settimeout(timeout_s)
-                nonce = secrets.token_hex(16)
-                _send_json(connection, {"nonce": nonce})
-                try:
-                    hello = _receive_json(connection)
-                except (TransportError, OSError):
-                    continue  # a probe or a broken client: wait for the next one
-                if not hmac.compare_digest(str(hello.get("mac", "")), _mac(secret, nonce)):
-                    _send_json(connection, {"refused": "wrong shared secret"})
-                    print(f"refused a client from {peer[0]}: wrong shared secret", flush=True)
-                    continue
-                if hello.get("config_digest") != config_digest:
-                    _send_json(connection, {"refused": "the client's run config differs from the server's (model, cut, "
-                                                       "seed, training settings or clients); start both with the same "
-                                                       "config"})
-                    continue
-                reason = validate(hello) if validate else None
-                if reason:
-                    _send_json(connection, {"refused": reason})
-                    continue
-                # listening before the client hears of its port, so that no other process can take the port
-                store = open_store(host, 0, 0, timeout_s)
+                hello = _admitted_hello(connection, peer, secret, config_digest, validate)
+            except (TransportError, OSError):
+                continue  # a probe, a broken client or one that gave up waiting: wait for the next one
+            if hello is None:
+                continue
+            # listening before the client hears of its port, so that no other process can take the port
+            store = open_store(host, 0, 0, timeout_s)
+            try:
                 _send_json(connection, {"rendezvous_port": store.port})
-                return hello, store, connection.getsockname()[0]
+            except OSError:
+                continue
+            return hello, store, connection.getsockname()[0]
+
+
+def _admitted_hello(connection: socket.socket, peer, secret: bytes, config_digest: str, validate) -> dict | None:
+    """The hello of the client on ``connection`` if it is admitted; None after telling it why not."""
+    nonce = secrets.token_hex(16)
+    _send_json(connection, {"nonce": nonce})
+    hello = _receive_json(connection)
+    if not hmac.compare_digest(str(hello.get("mac", "")), _mac(secret, nonce)):
+        _send_json(connection, {"refused": "wrong shared secret"})
+        print(f"refused a client from {peer[0]}: wrong shared secret", flush=True)
+        return None
+    if hello.get("config_digest") != config_digest:
+        _send_json(connection, {"refused": "the client's run config differs from the server's (model, cut, seed, "
+                                           "training settings or clients); start both with the same config"})
+        return None
+    reason = validate(hello) if validate else None
+    if reason:
+        _send_json(connection, {"refused": reason})
+        return None
+    return hello
 
 
 def join_server(host: str, port: int, secret: bytes, hello: dict, timeout_s: float) -> tuple[int, str]:
-    """Client side: prove the secret and present ``hello``. Returns (rendezvous port, own address)."""
+    """Client side: prove the secret and present ``hello``. Returns (rendezvous port, own address).
+    Until the server's challenge arrives nothing has been sent, so a connection refused, reset or left
+    unanswered before it is tried again until ``timeout_s`` has passed."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            connection = socket.create_connection((host, port), timeout=timeout_s)
+            connection = socket.create_connection((host, port), timeout=max(deadline - time.monotonic(), 1.0))
         except OSError as error:
-            reason = error.strerror or error
+            reason = error.strerror or str(error)
         else:
-            if connection.getsockname() != connection.getpeername():
-                break
-            connection.close()  # a TCP self-connection: the port was free and the kernel chose it as this socket's own
-            reason = "no server listening yet"
+            if connection.getsockname() == connection.getpeername():
+                # a TCP self-connection: the port was free and the kernel chose it as this socket's own
+                connection.close()
+                reason = "no server listening yet"
+            else:
+                try:
+                    challenge = _receive_json(connection)
+                except (TransportError, OSError) as error:
+                    connection.close()
+                    reason = f"the server did not send its challenge: {getattr(error, 'strerror', None) or error}"
+                else:
+                    break
         if time.monotonic() > deadline:
             raise TransportError(f"cannot reach the server at {host}:{port} ({reason}); is 'splitpriv serve' running "
                                  f"there?")
         time.sleep(0.2)
     with connection:
-        challenge = _receive_json(connection)
-        _send_json(connection, {**hello, "mac": _mac(secret, str(challenge.get("nonce", "")))})
-        answer = _receive_json(connection)
+        try:
+            _send_json(connection, {**hello, "mac": _mac(secret, str(challenge.get("nonce", "")))})
+            answer = _receive_json(connection)
+        except OSError as error:
+            raise TransportError(f"the server at {host}:{port} closed the connection during the handshake "
+                                 f"({error.strerror or error}); is it still running?") from None
         if "refused" in answer:
             raise TransportError(f"the server at {host}:{port} refused this client: {answer['refused']}")
         return int(answer["rendezvous_port"]), connection.getsockname()[0]

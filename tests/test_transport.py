@@ -5,8 +5,10 @@ import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +24,8 @@ from conftest import checkpoint_epoch, wait_for
 from splitpriv.data import make_splits
 from splitpriv.parties import PREVIOUS_STATE, SERVER_STATE, ServerStates, client_shard, train_client
 from splitpriv.store import read_checkpoint
-from splitpriv.transport import Link, Shaping, TransportError, _check_message, accept_client, free_port
+from splitpriv.transport import (Link, Shaping, TransportError, _check_message, accept_client, free_port, join_server,
+                                 listen)
 
 SECRET = "a-test-secret-of-32-characters!!"
 TRAINING = ["--epochs", "2", "--threads", "1", "--seed", "3"]
@@ -238,6 +241,54 @@ def test_the_server_refuses_an_unexpected_message(operation, step, dtype, shape,
         _check_message(operation, step, 0, dtype, shape, (32, 4, 4), 64)
 
 
+def _join_in_thread(port: int, index: int, results: dict) -> threading.Thread:
+    def join() -> None:
+        try:
+            results[index] = join_server("127.0.0.1", port, SECRET.encode(), {"config_digest": "d", "client_index": index}, 30)
+        except Exception as error:  # noqa: BLE001 - the test reports it
+            results[index] = error
+
+    thread = threading.Thread(target=join)
+    thread.start()
+    return thread
+
+
+def test_a_client_that_connects_between_two_admissions_is_queued_not_refused():
+    """The server admits one client, then is busy with it (the Gloo rendezvous) while another connects:
+    that connection waits in the listening socket's queue and gets the challenge at the next admission,
+    rather than being refused or reset."""
+    results: dict = {}
+    with listen("127.0.0.1", 0) as listener:
+        port = listener.getsockname()[1]
+        thread = _join_in_thread(port, 0, results)
+        accept_client(listener, SECRET.encode(), "d", 30)
+        thread.join(30)
+        assert isinstance(results[0], tuple), results
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as queued:  # while no admission runs
+            time.sleep(0.5)
+            admission = threading.Thread(target=lambda: results.update(
+                next=pytest.raises(TransportError, accept_client, listener, SECRET.encode(), "d", 2)))
+            admission.start()
+            assert len(queued.recv(4)) == 4, "the queued connection got no challenge"
+        admission.join(30)
+    assert "no client connected" in str(results["next"].value)
+
+
+def test_a_client_whose_connection_is_reset_before_the_challenge_connects_again():
+    """A server that resets the first connection (as a listening socket closed under a queued connection
+    does) and admits the second: the client joins; nothing was sent before the challenge."""
+    results: dict = {}
+    with listen("127.0.0.1", 0) as listener:
+        thread = _join_in_thread(listener.getsockname()[1], 0, results)
+        listener.settimeout(30)
+        connection, _ = listener.accept()
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()  # linger 0: the client reads a reset
+        hello, *_ = accept_client(listener, SECRET.encode(), "d", 30)
+        thread.join(30)
+    assert hello["client_index"] == 0 and isinstance(results[0], tuple), results
+
+
 @pytest.mark.parametrize("then", ["time.sleep(30)", "os._exit(0)"], ids=["stalls", "vanishes"])
 def test_a_peer_that_stalls_or_vanishes_is_an_error_within_the_timeout(then):
     """A client joins the link, then sends nothing or dies: the server's wait ends with a message."""
@@ -251,7 +302,8 @@ link = Link.connect(1, open_store("127.0.0.1", rendezvous, 1, 20), own, 20)
 """
     child = subprocess.Popen([sys.executable, "-c", client])
     try:
-        _, store, address = accept_client("127.0.0.1", port, SECRET.encode(), "d", 90)
+        with listen("127.0.0.1", port) as listener:
+            _, store, address = accept_client(listener, SECRET.encode(), "d", 90)
         with pytest.raises(OSError), socket.create_server(("127.0.0.1", store.port)):
             pass  # the rendezvous port was held from before the client heard of it: no other process can take it
         link = Link.connect(0, store, address, 3)
@@ -588,3 +640,10 @@ def remote_test_images(config: Path) -> torch.Tensor:
 
     cfg = load_run_config(str(config), {})
     return make_splits(cfg.data, cfg.seed).private_test.images.float() / 255
+
+
+def test_a_broken_connection_is_reported_as_one_not_as_a_file_problem():
+    from splitpriv.cli import user_message
+
+    message = user_message(ConnectionResetError(104, "Connection reset by peer"), [], {})
+    assert "Connection reset by peer" in message and "other party" in message and "path" not in message
