@@ -203,3 +203,36 @@ def test_the_rehearsals_passive_attacker_has_the_sweeps_proxy_size(tmp_path, mon
     config = {**TINY, "seeds": [0], "workers": 1, "training": {"epochs": 1}, "defenses": [{"name": "none"}], "attack": attack}
     predict(load_sweep_config({**config, "out": str(tmp_path), "name": "capped"}), progress=lambda line: None)
     assert proxy_sizes == [20]
+
+
+def test_the_rehearsals_passive_attacker_takes_as_many_steps_as_the_sweeps_on_its_fewer_proxy_images(tmp_path, monkeypatch):
+    """The rehearsal's attacker holds a slice of the sweep's proxy: its epoch-counted budgets grow with the
+    steps an epoch loses on fewer images, so that it trains as long, in optimizer steps, as the sweep's."""
+    import splitpriv.prediction as prediction
+
+    fitted, real_evaluate = [], prediction.evaluate
+
+    def recording(attack, target, *args):
+        fitted.append((attack, len(target.proxy.images)))
+        return real_evaluate(attack, target, *args)
+
+    monkeypatch.setattr(prediction, "evaluate", recording)
+    attack = {**TINY["attack"], "attacks": TINY["attack"]["attacks"][1:]}
+    config = {**TINY, "seeds": [0], "workers": 1, "training": {"epochs": 1}, "defenses": [{"name": "none"}], "attack": attack}
+    predict(load_sweep_config({**config, "out": str(tmp_path), "name": "steps"}), progress=lambda line: None)
+    sweep_proxy = len(make_splits(DataConfig(), 0).proxy)
+    [(surrogate, rehearsal_proxy)] = fitted
+    assert rehearsal_proxy < sweep_proxy / 2
+
+    def surrogate_steps(images):  # batches of 64
+        return -(-images // 64)
+
+    def decoder_steps(images):  # 10 % held out; batches of n / 8 within [16, 64]
+        train = images - round(0.1 * images)
+        return -(-train // min(64, max(16, train // 8)))
+
+    for budget, set_for_the_sweep, steps in ((surrogate.surrogate_epochs, 5, surrogate_steps),
+                                             (surrogate.stopping.max_epochs, 20, decoder_steps),
+                                             (surrogate.stopping.patience, 10, decoder_steps)):
+        assert budget > set_for_the_sweep
+        assert abs(budget * steps(rehearsal_proxy) - set_for_the_sweep * steps(sweep_proxy)) <= steps(rehearsal_proxy) / 2

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
@@ -109,6 +110,12 @@ class Attack:
         """Images in [0, 1], one per observed message."""
         raise NotImplementedError
 
+    def matching_steps(self, images_set_for: int, images_given: int) -> "Attack":
+        """The same attacker on ``images_given`` proxy images where its budgets were set for
+        ``images_set_for``: a budget counted in epochs over the proxy is rescaled to take as many
+        optimizer steps (an epoch of fewer images has fewer). Budgets counted otherwise stay."""
+        return self
+
     def config(self) -> dict[str, Any]:
         """The attack's settings, recorded in attack.json."""
         return {}
@@ -159,6 +166,21 @@ class EarlyStopping:
     holdout_fraction: float = 0.1
     lr_patience: int | None = None
 
+    def steps_per_epoch(self, images: int) -> int:
+        """Optimizer steps in one epoch of :func:`fit_with_early_stopping` on ``images`` samples."""
+        train = images - holdout_count(images, self.holdout_fraction)
+        return math.ceil(train / (self.batch_size or auto_batch_size(train)))
+
+    def epochs_scaled(self, factor: float) -> "EarlyStopping":
+        """Every budget counted in epochs (``max_epochs``, ``patience``, ``lr_patience``) times ``factor``."""
+        scale = lambda epochs: None if epochs is None else max(1, round(epochs * factor))  # noqa: E731
+        return dataclasses.replace(self, max_epochs=scale(self.max_epochs), patience=scale(self.patience),
+                                   lr_patience=scale(self.lr_patience))
+
+    def matching_steps(self, images_set_for: int, images_given: int) -> "EarlyStopping":
+        """These budgets on ``images_given`` samples, taking the steps they take on ``images_set_for``."""
+        return self.epochs_scaled(self.steps_per_epoch(images_set_for) / self.steps_per_epoch(images_given))
+
 
 def auto_batch_size(n: int, steps_per_epoch: int = 8, smallest: int = 16, largest: int = 64) -> int:
     """A batch size giving at least ``steps_per_epoch`` optimizer steps per epoch, in [smallest, largest].
@@ -171,10 +193,15 @@ def auto_batch_size(n: int, steps_per_epoch: int = 8, smallest: int = 16, larges
     return max(smallest, min(largest, n // steps_per_epoch))
 
 
+def holdout_count(n: int, fraction: float) -> int:
+    """How many of ``n`` samples are held out: ``fraction`` of them, at least one on each side."""
+    return min(max(1, round(fraction * n)), n - 1)
+
+
 def holdout_split(n: int, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(train indices, held-out indices) of ``n`` samples; at least one sample on each side."""
     order = torch.randperm(n, generator=generator)
-    n_holdout = min(max(1, round(fraction * n)), n - 1)
+    n_holdout = holdout_count(n, fraction)
     return order[n_holdout:], order[:n_holdout]
 
 

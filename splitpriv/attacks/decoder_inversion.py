@@ -10,6 +10,7 @@ messages it observed for the private test set.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
@@ -67,6 +68,11 @@ class DecoderInversion(Attack):
         """The decoder's training messages: recorded once, or (noise-aware) fresh every epoch."""
         query = lambda: target.query(inputs)  # noqa: E731
         return query if self.fresh_queries else query()
+
+    def matching_steps(self, images_set_for: int, images_given: int) -> "DecoderInversion":
+        scaled = copy.copy(self)
+        scaled.stopping = self.stopping.matching_steps(images_set_for, images_given)
+        return scaled
 
     @torch.no_grad()
     def reconstruct(self, messages: torch.Tensor) -> torch.Tensor:

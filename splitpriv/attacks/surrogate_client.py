@@ -18,7 +18,9 @@ training, this one attacks the trained client's messages after training.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +111,13 @@ class SurrogateClientInversion(Attack):
             self._summary = {"surrogate_mmd2": float(mmd2(surrogate(sample), observed[:len(sample)])),
                              "task_term": bool(task_weight)}
         return surrogate
+
+    def matching_steps(self, images_set_for: int, images_given: int) -> "SurrogateClientInversion":
+        scaled = copy.copy(self)
+        steps = lambda images: math.ceil(images / self.batch_size)  # noqa: E731 - the surrogate's epoch
+        scaled.surrogate_epochs = max(1, round(self.surrogate_epochs * steps(images_set_for) / steps(images_given)))
+        scaled.stopping = self.stopping.matching_steps(images_set_for, images_given)
+        return scaled
 
     @torch.no_grad()
     def reconstruct(self, messages: torch.Tensor) -> torch.Tensor:
