@@ -236,3 +236,15 @@ def test_the_rehearsals_passive_attacker_takes_as_many_steps_as_the_sweeps_on_it
                                              (surrogate.stopping.patience, 10, decoder_steps)):
         assert budget > set_for_the_sweep
         assert abs(budget * steps(rehearsal_proxy) - set_for_the_sweep * steps(sweep_proxy)) <= steps(rehearsal_proxy) / 2
+
+
+def test_a_defenses_added_linear_error_is_added_to_the_passive_prediction_not_multiplied():
+    """Noise adds an error no attacker removes: a defense that raises the linear decoder's MSE from
+    0.001 to 0.071 raises the passive prediction by 0.07 (a ratio of 71 would predict an MSE of 1)."""
+    from splitpriv.prediction import _predicted_passive
+
+    undefended = {"linear_decoder_mse": 0.001, "linear_decoder_ssim": 0.95, "passive_rehearsal_mse": 0.02,
+                  "passive_rehearsal_ssim": 0.8}
+    noisy = {"linear_decoder_mse": 0.071, "linear_decoder_ssim": 0.35}
+    assert _predicted_passive(noisy, undefended) == (pytest.approx(0.09), pytest.approx(0.2))
+    assert _predicted_passive(undefended, undefended) == (pytest.approx(0.02), pytest.approx(0.8))
