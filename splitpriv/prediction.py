@@ -4,12 +4,14 @@ How much a cell (cut, defense, strength) leaks, and what accuracy it costs, is k
 cell is trained on the private data and attacked. ``predict`` estimates both for every cell of a
 sweep's grid from the proxy images alone (the attacker's data, disjoint from the private data) by a
 **rehearsal**: the cell's training run on a small public stand-in of the private set, then four
-cheap signals:
+signals:
 
 * ``linear_decoder_mse`` / ``_ssim``: a ridge regression from the rehearsal client's messages (as
   deployed: noise included) to the images, fitted on the rehearsal's attacker proxy and scored on its
-  test images. The predicted worst-case MSE and SSIM of the ``black_box`` and ``white_box`` threat
-  models.
+  test images. The predicted worst-case MSE and SSIM of the ``black_box`` threat model.
+* ``white_box_rehearsal_mse`` / ``_ssim``: the sweep's attacks that need the client's weights
+  (optimisation inversion) against each cell's rehearsal client. With the linear decoder's, the
+  predicted worst case of ``white_box`` (:func:`_predicted_white_box`).
 * ``passive_rehearsal_mse`` / ``_ssim``: the sweep's passive attacks (those a ``passive`` adversary
   can run) against the undefended rehearsal client at each cut. Carried to each defended cell by its
   linear decoder's leakage (:func:`_predicted_passive`), the predicted worst case of ``passive``.
@@ -66,12 +68,16 @@ REHEARSAL_SHARES = {"private_train": 0.6, "val": 0.1, "private_test": 0.15, "pro
 # prediction under 10 % of the sweep's time; 1.0 halves the accuracy's error (docs/prediction.md)
 EPOCHS_SHARE = 0.5
 SIGNALS = ["rehearsal_accuracy", "linear_decoder_mse", "linear_decoder_ssim", "passive_rehearsal_mse", "passive_rehearsal_ssim",
-           "fisher", "fisher_kind"]
+           "white_box_rehearsal_mse", "white_box_rehearsal_ssim", "fisher", "fisher_kind"]
 PREDICTED_COLUMNS = ["key", "cut_layer", "cut_name", "defense", "strength", "strength_parameter", "seed", "compression", "exits",
                      "predicted_test_accuracy",
                      *(f"predicted_worst_{metric}_{model}" for model in THREAT_MODELS for metric in ("mse", "ssim")),
                      *SIGNALS, "rehearsal_time_s", "rehearsal_failure"]
 NOT_ATTACKED = {"passive_rehearsal_mse": None, "passive_rehearsal_ssim": None}
+NO_WHITE_BOX = {"white_box_rehearsal_mse": None, "white_box_rehearsal_ssim": None}
+# the rehearsal test images a white-box attack reconstructs: optimisation inversion's cost grows with
+# them (on the MNIST grid 4-200 s per cell for 128), and the mean MSE of 32 ranks and sizes the cells
+WHITE_BOX_SAMPLES = 32
 HALF = "-rehearsal-half"  # the training key's suffix of the undefended rehearsal on half the training share
 
 
@@ -149,6 +155,25 @@ def passive_leakage(cfg: SweepConfig, run, test_images: torch.Tensor, test_messa
     return {"passive_rehearsal_mse": worst["mse"], "passive_rehearsal_ssim": worst["ssim"]}
 
 
+def white_box_leakage(cfg: SweepConfig, run, test_images: torch.Tensor, test_messages: torch.Tensor, seed: int) -> dict:
+    """The worst MSE (and its SSIM) of the sweep's attacks that need the client's weights (white-box
+    optimisation), against the cell's own rehearsal client, defenses included, on the first
+    :data:`WHITE_BOX_SAMPLES` rehearsal test images. Where a deterministic client is nearly invertible
+    (the first layers) it reconstructs orders of magnitude better than any decoder, so the linear
+    decoder alone would promise the white-box adversary far more MSE than the trained run leaves.
+    None when the sweep has no such attack."""
+    specs = cfg.attack.attacks or default_attack_specs(False, tuple(cfg.attack.decoder_capacities))
+    attacks = [a for a in build_attacks(specs) if "weights" in a.grants and THREAT_MODELS["white_box"].admits(a.grants)]
+    if not attacks:
+        return NO_WHITE_BOX
+    proxy, _, _ = load_proxy(run.data, run.config.data, cfg.attack.proxy, cfg.attack.proxy_size, seed)
+    target = deployed_target(run, proxy, seed)
+    images, messages = test_images[:WHITE_BOX_SAMPLES], test_messages[:WHITE_BOX_SAMPLES]
+    scores = [evaluate(attack, target, messages, images).metrics for attack in attacks]
+    worst = min(scores, key=lambda metrics: metrics["mse"])
+    return {"white_box_rehearsal_mse": worst["mse"], "white_box_rehearsal_ssim": worst["ssim"]}
+
+
 def sweep_proxy_size(cfg: SweepConfig, sweep_proxy_images: int, rehearsal_proxy_images: int) -> int:
     """How many proxy images the sweep's attacker holds: another source (``attack.proxy``) is the same
     for the rehearsal's; by default the private splits' proxy, at most ``attack.proxy_size``."""
@@ -169,9 +194,10 @@ def fisher_signal(module, data: SplitData, images: torch.Tensor, seed: int) -> t
 
 
 def rehearse(cfg: SweepConfig, cells: list[Cell], sweep_dir: Path, private_samples: int, epochs_share: float,
-             train_share: float = 1.0, training_key: str | None = None, passive: bool = True) -> list[dict]:
+             train_share: float = 1.0, training_key: str | None = None, attack: bool = True) -> list[dict]:
     """Train the rehearsal that ``cells`` share (one training key) and measure each cell's signals
-    (``passive``: also attack its undefended clients with the sweep's passive attacks)."""
+    (``attack``: also attack every client with the sweep's white-box attacks, and the undefended ones
+    with its passive attacks)."""
     started = time.perf_counter()
     worker_setup(cfg)
     first = cells[0]
@@ -191,11 +217,12 @@ def rehearse(cfg: SweepConfig, cells: list[Cell], sweep_dir: Path, private_sampl
             test_messages = run.module.send(data.normalize(test_images), training=False)[1]
         with _frozen(run.module):
             fisher, kind = fisher_signal(run.module, data, test_images, cell.seed)
-            attacked = passive and not run.cut_pipeline
+            attacked = attack and not run.cut_pipeline
             surrogate = (passive_leakage(cfg, run, test_images, test_messages, cell.seed, len(sweep_data.proxy))
                          if attacked else NOT_ATTACKED)
+            white_box = white_box_leakage(cfg, run, test_images, test_messages, cell.seed) if attack else NO_WHITE_BOX
         rows.append({"key": cell.key, "rehearsal_accuracy": trained.metrics["test_accuracy"],
-                     **linear_decoder_leakage(proxy_messages, proxy_images, test_messages, test_images), **surrogate,
+                     **linear_decoder_leakage(proxy_messages, proxy_images, test_messages, test_images), **surrogate, **white_box,
                      "fisher": fisher, "fisher_kind": kind,
                      "rehearsal_time_s": time.perf_counter() - cell_started + trained_s / len(cells)})
     return rows
@@ -273,15 +300,28 @@ def _rehearsed_rows(cfg: SweepConfig, cells: list[Cell], data: SplitData, sweep_
         row = {"key": cell.key, **cell.labels(), **signals[cell.key]}
         row["predicted_test_accuracy"] = _predicted_accuracy(row, undefended, half_accuracy.get(cell.seed),
                                                              private_samples, rehearsal_samples)
-        for model_name in THREAT_MODELS:
-            row[f"predicted_worst_mse_{model_name}"] = row["linear_decoder_mse"]
-            row[f"predicted_worst_ssim_{model_name}"] = row["linear_decoder_ssim"]
-        row["predicted_worst_mse_passive"], row["predicted_worst_ssim_passive"] = _predicted_passive(row, undefended)
+        row["predicted_worst_mse_black_box"], row["predicted_worst_ssim_black_box"] = linear = _linear(row)
+        row["predicted_worst_mse_white_box"], row["predicted_worst_ssim_white_box"] = _predicted_white_box(row)
+        row["predicted_worst_mse_passive"], row["predicted_worst_ssim_passive"] = _predicted_passive(row, undefended, linear)
         rows.append(row)
     return rows
 
 
-def _predicted_passive(row: dict, undefended: dict | None) -> tuple[float, float]:
+def _linear(row: dict) -> tuple[float, float]:
+    """The black-box adversary's worst MSE and SSIM: the linear decoder's."""
+    return row["linear_decoder_mse"], row["linear_decoder_ssim"]
+
+
+def _predicted_white_box(row: dict) -> tuple[float, float]:
+    """The white-box adversary's worst MSE and SSIM: the worse for the client of the linear decoder
+    (the white-box adversary can query too) and the white-box attack on the rehearsal client."""
+    linear = _linear(row)
+    if row.get("white_box_rehearsal_mse") is None:
+        return linear
+    return min(linear[0], row["white_box_rehearsal_mse"]), max(linear[1], row["white_box_rehearsal_ssim"])
+
+
+def _predicted_passive(row: dict, undefended: dict | None, black_box: tuple[float, float]) -> tuple[float, float]:
     """The passive adversary's worst MSE and SSIM: the undefended rehearsal's passive attack at the
     cell's cut, carried to the cell by the change the defense makes to its linear decoder's leakage,
 
@@ -294,12 +334,11 @@ def _predicted_passive(row: dict, undefended: dict | None) -> tuple[float, float
     so the change is added, not scaled: the linear decoders' ratio explodes where the undefended one is
     near perfect (MNIST relu1), and scaling by it promised several times the measured MSE under
     dp_noise (the CHANGELOG has the numbers)."""
-    linear = row["linear_decoder_mse"], row["linear_decoder_ssim"]
     if undefended is None or undefended.get("passive_rehearsal_mse") is None:
-        return linear
-    mse = undefended["passive_rehearsal_mse"] + linear[0] - undefended["linear_decoder_mse"]
-    ssim = undefended["passive_rehearsal_ssim"] + linear[1] - undefended["linear_decoder_ssim"]
-    return min(max(mse, linear[0]), 1.0), min(ssim, linear[1])
+        return black_box
+    mse = undefended["passive_rehearsal_mse"] + row["linear_decoder_mse"] - undefended["linear_decoder_mse"]
+    ssim = undefended["passive_rehearsal_ssim"] + row["linear_decoder_ssim"] - undefended["linear_decoder_ssim"]
+    return min(max(mse, black_box[0]), 1.0), min(ssim, black_box[1])
 
 
 def _numbers(path: Path) -> list[dict]:
@@ -414,20 +453,26 @@ def save_agreement_plot(rows: list[dict], frontier: Path, path: Path) -> None:
     panels = [(f"worst-case MSE, {m}", f"predicted_worst_mse_{m}", f"worst_mse_{m}", True) for m in THREAT_MODELS]
     panels.append(("test accuracy", "predicted_test_accuracy", "test_accuracy", False))
     for axis, (title, predicted_key, measured_key, log) in zip(axes, panels):
+        values = []
         for defense in defenses:
             points = [(r[predicted_key], _float(measured[r["key"]].get(measured_key))) for r in both if r["defense"] == defense]
             points = [(p, m) for p, m in points if m is not None]
+            values += [v for point in points for v in point]
             axis.scatter([p for p, _ in points], [m for _, m in points], s=18, color=colours[defense], label=defense)
+        # the diagonal: below it a cell leaks more than predicted (an MSE panel's unsafe side)
+        low, high = (min(values), max(values)) if log and values else (0, 1)
+        axis.plot([low, high], [low, high], color="grey", linewidth=0.8)
         if log:
             from matplotlib.ticker import NullFormatter
 
             axis.set_xscale("log")
             axis.set_yscale("log")
             axis.xaxis.set_minor_formatter(NullFormatter())  # the minor decades' labels overlap
+            axis.set_xlabel("predicted (below the line: leaks more than predicted)", fontsize=8)
+        else:
+            axis.set_xlabel("predicted")
         axis.set_title(title, fontsize=10)
-        axis.set_xlabel("predicted")
         axis.set_ylabel("measured")
-    axes[-1].plot([0, 1], [0, 1], color="grey", linewidth=0.8)
     axes[0].legend(fontsize=7)
     figure.tight_layout()
     atomic_save_figure(figure, path)

@@ -17,7 +17,8 @@ from conftest import assert_higher
 
 TINY = {"cuts": ["relu1"], "seeds": [0, 1, 2], "training": {"epochs": 3}, "wandb": {"mode": "disabled"},
         "attack": {"attacks": [{"name": "decoder_inversion", "capacity": "small", "max_epochs": 20},
-                               {"name": "surrogate_client", "capacity": "small", "surrogate_epochs": 5, "max_epochs": 20}],
+                               {"name": "surrogate_client", "capacity": "small", "surrogate_epochs": 5, "max_epochs": 20},
+                               {"name": "optimization_inversion", "max_steps": 300}],
                    "samples": 64,
                    "dcor_samples": 64, "classifier_max_epochs": 1},
         "defenses": [{"name": "none"}, {"name": "dp_noise", "parameter": "epsilon", "strengths": [8.0],
@@ -98,6 +99,14 @@ def test_predict_writes_every_cell_and_noise_predicts_more_mse_over_seeds(predic
     # the passive attack runs on the undefended rehearsals only, and the weaker adversary never leaks more
     assert {r["defense"] for r in rows if r["passive_rehearsal_mse"] is not None} == {"none"}
     assert all(r["predicted_worst_mse_passive"] >= r["predicted_worst_mse_black_box"] for r in rows)
+    # the white-box attack runs on every rehearsal client; it inverts the first convolution better than a
+    # linear decoder, and the white-box prediction is the better of the two for the adversary
+    assert all(r["white_box_rehearsal_mse"] is not None for r in rows)
+    assert all(r["predicted_worst_mse_white_box"] == min(r["linear_decoder_mse"], r["white_box_rehearsal_mse"])
+               for r in rows)
+    plain = [r for r in rows if r["defense"] == "none"]
+    assert_higher([r["linear_decoder_mse"] for r in plain], [r["white_box_rehearsal_mse"] for r in plain],
+                  "the linear decoder's MSE over the white-box attack's, undefended relu1")
     assert {r["fisher_kind"] for r in rows if r["defense"] == "dp_noise"} == {"unbiased_mse_bound"}
     assert all(0 <= r["predicted_test_accuracy"] <= 1 for r in rows)
     assert not list(folder.glob("train")), "a prediction trains nothing on the private data"
@@ -199,7 +208,7 @@ def test_the_rehearsals_passive_attacker_has_the_sweeps_proxy_size(tmp_path, mon
         return real_evaluate(attack, target, *args)
 
     monkeypatch.setattr(prediction, "evaluate", recording)
-    attack = {**TINY["attack"], "attacks": TINY["attack"]["attacks"][1:], "proxy_size": 20}
+    attack = {**TINY["attack"], "attacks": TINY["attack"]["attacks"][1:2], "proxy_size": 20}
     config = {**TINY, "seeds": [0], "workers": 1, "training": {"epochs": 1}, "defenses": [{"name": "none"}], "attack": attack}
     predict(load_sweep_config({**config, "out": str(tmp_path), "name": "capped"}), progress=lambda line: None)
     assert proxy_sizes == [20]
@@ -217,7 +226,7 @@ def test_the_rehearsals_passive_attacker_takes_as_many_steps_as_the_sweeps_on_it
         return real_evaluate(attack, target, *args)
 
     monkeypatch.setattr(prediction, "evaluate", recording)
-    attack = {**TINY["attack"], "attacks": TINY["attack"]["attacks"][1:]}
+    attack = {**TINY["attack"], "attacks": TINY["attack"]["attacks"][1:2]}
     config = {**TINY, "seeds": [0], "workers": 1, "training": {"epochs": 1}, "defenses": [{"name": "none"}], "attack": attack}
     predict(load_sweep_config({**config, "out": str(tmp_path), "name": "steps"}), progress=lambda line: None)
     sweep_proxy = len(make_splits(DataConfig(), 0).proxy)
@@ -246,5 +255,5 @@ def test_a_defenses_added_linear_error_is_added_to_the_passive_prediction_not_mu
     undefended = {"linear_decoder_mse": 0.001, "linear_decoder_ssim": 0.95, "passive_rehearsal_mse": 0.02,
                   "passive_rehearsal_ssim": 0.8}
     noisy = {"linear_decoder_mse": 0.071, "linear_decoder_ssim": 0.35}
-    assert _predicted_passive(noisy, undefended) == (pytest.approx(0.09), pytest.approx(0.2))
-    assert _predicted_passive(undefended, undefended) == (pytest.approx(0.02), pytest.approx(0.8))
+    assert _predicted_passive(noisy, undefended, (0.071, 0.35)) == (pytest.approx(0.09), pytest.approx(0.2))
+    assert _predicted_passive(undefended, undefended, (0.001, 0.95)) == (pytest.approx(0.02), pytest.approx(0.8))
