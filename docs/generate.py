@@ -159,8 +159,8 @@ PAGES = {
                   "--train-size 256 --batch-size 32"], cheap=False, readme_lines=r"median absolute error"),
     "prediction": Page(
         "Leakage and accuracy predicted before private training, against the measured sweep",
-        "`splitpriv predict` (a rehearsal of every cell on proxy images only, then a linear decoder, the passive "
-        "attacks on the undefended rehearsals, dFIL and the rehearsal's accuracy) and `splitpriv sweep` on the "
+        "`splitpriv predict` (a rehearsal of every cell on proxy images only, then a linear decoder, the white-box "
+        "attacks on every rehearsal client, the passive attacks on the undefended ones, dFIL and the rehearsal's accuracy) and `splitpriv sweep` on the "
         "default digits grid, each timed; the rank correlation of predicted and measured worst-case MSE per threat "
         "model, and of each signal alone; the accuracy's error. The plot: [predicted_vs_measured.png](predicted_vs_measured.png).",
         commands=["python benchmarks/prediction_agreement.py --plot docs/results/predicted_vs_measured.png"], cheap=False,
