@@ -73,8 +73,8 @@ PREDICTED_COLUMNS = ["key", "cut_layer", "cut_name", "defense", "strength", "str
                      "predicted_test_accuracy",
                      *(f"predicted_worst_{metric}_{model}" for model in THREAT_MODELS for metric in ("mse", "ssim")),
                      *SIGNALS, "rehearsal_time_s", "rehearsal_failure"]
-NOT_ATTACKED = {"passive_rehearsal_mse": None, "passive_rehearsal_ssim": None}
-NO_WHITE_BOX = {"white_box_rehearsal_mse": None, "white_box_rehearsal_ssim": None}
+NOT_ATTACKED = {f"{signal}_{metric}": None for signal in ("passive_rehearsal", "white_box_rehearsal")
+                for metric in ("mse", "ssim")}
 # the rehearsal test images a white-box attack reconstructs: optimisation inversion's cost grows with
 # them (on the MNIST grid 4-200 s per cell for 128), and the mean MSE of 32 ranks and sizes the cells
 WHITE_BOX_SAMPLES = 32
@@ -128,50 +128,45 @@ def linear_decoder_leakage(proxy_messages: torch.Tensor, proxy_images: torch.Ten
     return {"linear_decoder_mse": metrics["mse"], "linear_decoder_ssim": metrics["ssim"]}
 
 
-def passive_leakage(cfg: SweepConfig, run, test_images: torch.Tensor, test_messages: torch.Tensor, seed: int,
-                    sweep_proxy_images: int) -> dict[str, float]:
-    """The worst MSE (and its SSIM) of the sweep's passive attacks against an undefended rehearsal
-    client: the passive adversary learns a surrogate of the client from proxy images and messages, and
-    how well it does depends on the cut in ways no decoder with query access shows (on the default
-    digits grid the first convolutions are harder for it than the second). None when the sweep has no
-    passive attack.
+def rehearsal_attacks(cfg: SweepConfig, run, test_images: torch.Tensor, test_messages: torch.Tensor, seed: int,
+                      sweep_proxy_images: int, passive: bool) -> dict[str, float | None]:
+    """The worst MSE (and its SSIM) against the rehearsal client ``run`` of the sweep's white-box attacks
+    (those that need the client's weights) and, with ``passive``, of its passive attacks; None where the
+    sweep has no such attack.
 
-    The attacker gets the sweep attacker's proxy (its source and size cap; by default a slice of the
-    rehearsal's own proxy, which is smaller than the sweep's ``sweep_proxy_images``) and the sweep
-    attacker's optimizer steps: its epoch-counted budgets grow with the steps an epoch loses on fewer
-    images (:meth:`~splitpriv.attacks.base.Attack.matching_steps`). With the sweep's epochs on fewer
-    images the surrogate is under-trained, and the rehearsal over-predicts the passive MSE: on
-    held-out MNIST at relu1 0.096 against a measured 0.021 (0.029 with the steps matched)."""
-    specs = cfg.attack.attacks or default_attack_specs(False, tuple(cfg.attack.decoder_capacities))
-    attacks = [a for a in build_attacks(specs) if THREAT_MODELS["passive"].admits(a.grants)]
-    if not attacks:
+    White-box: on the first :data:`WHITE_BOX_SAMPLES` test images, against the cell's own client,
+    defenses included. Where a deterministic client is nearly invertible (the first layers) it
+    reconstructs orders of magnitude better than any decoder, so the linear decoder alone would promise
+    the white-box adversary far more MSE than the trained run leaves.
+
+    Passive (the undefended clients): the passive adversary learns a surrogate of the client from proxy
+    images and messages, and how well it does depends on the cut in ways no decoder with query access
+    shows (on the default digits grid the first convolutions are harder for it than the second). It
+    gets the sweep attacker's proxy (its source and size cap; by default a slice of the rehearsal's own
+    proxy, smaller than the sweep's ``sweep_proxy_images``) and the sweep attacker's optimizer steps:
+    its epoch-counted budgets grow with the steps an epoch loses on fewer images
+    (:meth:`~splitpriv.attacks.base.Attack.matching_steps`). With the sweep's epochs on fewer images the
+    surrogate is under-trained, and the rehearsal over-predicts the passive MSE."""
+    attacks = build_attacks(cfg.attack.attacks or default_attack_specs(False, tuple(cfg.attack.decoder_capacities)))
+    white_box = [a for a in attacks if "weights" in a.grants and THREAT_MODELS["white_box"].admits(a.grants)]
+    passive_attacks = [a for a in attacks if THREAT_MODELS["passive"].admits(a.grants)] if passive else []
+    if not (white_box or passive_attacks):
         return NOT_ATTACKED
     proxy, _, _ = load_proxy(run.data, run.config.data, cfg.attack.proxy, cfg.attack.proxy_size, seed)
+    target = deployed_target(run, proxy, seed)
     images_set_for = sweep_proxy_size(cfg, sweep_proxy_images, len(proxy.inputs))
-    target = deployed_target(run, proxy, seed)
-    scores = [evaluate(attack.matching_steps(images_set_for, len(proxy.inputs)), target, test_messages, test_images).metrics
-              for attack in attacks]
-    worst = min(scores, key=lambda metrics: metrics["mse"])
-    return {"passive_rehearsal_mse": worst["mse"], "passive_rehearsal_ssim": worst["ssim"]}
+    passive_attacks = [a.matching_steps(images_set_for, len(proxy.inputs)) for a in passive_attacks]
+    return {**_worst_of("passive_rehearsal", passive_attacks, target, test_messages, test_images),
+            **_worst_of("white_box_rehearsal", white_box, target, test_messages[:WHITE_BOX_SAMPLES],
+                        test_images[:WHITE_BOX_SAMPLES])}
 
 
-def white_box_leakage(cfg: SweepConfig, run, test_images: torch.Tensor, test_messages: torch.Tensor, seed: int) -> dict:
-    """The worst MSE (and its SSIM) of the sweep's attacks that need the client's weights (white-box
-    optimisation), against the cell's own rehearsal client, defenses included, on the first
-    :data:`WHITE_BOX_SAMPLES` rehearsal test images. Where a deterministic client is nearly invertible
-    (the first layers) it reconstructs orders of magnitude better than any decoder, so the linear
-    decoder alone would promise the white-box adversary far more MSE than the trained run leaves.
-    None when the sweep has no such attack."""
-    specs = cfg.attack.attacks or default_attack_specs(False, tuple(cfg.attack.decoder_capacities))
-    attacks = [a for a in build_attacks(specs) if "weights" in a.grants and THREAT_MODELS["white_box"].admits(a.grants)]
+def _worst_of(signal: str, attacks: list, target, messages: torch.Tensor, images: torch.Tensor) -> dict[str, float | None]:
+    """``<signal>_mse`` and ``_ssim`` of the attack of ``attacks`` with the lowest MSE (None without one)."""
     if not attacks:
-        return NO_WHITE_BOX
-    proxy, _, _ = load_proxy(run.data, run.config.data, cfg.attack.proxy, cfg.attack.proxy_size, seed)
-    target = deployed_target(run, proxy, seed)
-    images, messages = test_images[:WHITE_BOX_SAMPLES], test_messages[:WHITE_BOX_SAMPLES]
-    scores = [evaluate(attack, target, messages, images).metrics for attack in attacks]
-    worst = min(scores, key=lambda metrics: metrics["mse"])
-    return {"white_box_rehearsal_mse": worst["mse"], "white_box_rehearsal_ssim": worst["ssim"]}
+        return {f"{signal}_mse": None, f"{signal}_ssim": None}
+    worst = min((evaluate(attack, target, messages, images).metrics for attack in attacks), key=lambda m: m["mse"])
+    return {f"{signal}_mse": worst["mse"], f"{signal}_ssim": worst["ssim"]}
 
 
 def sweep_proxy_size(cfg: SweepConfig, sweep_proxy_images: int, rehearsal_proxy_images: int) -> int:
@@ -217,12 +212,10 @@ def rehearse(cfg: SweepConfig, cells: list[Cell], sweep_dir: Path, private_sampl
             test_messages = run.module.send(data.normalize(test_images), training=False)[1]
         with _frozen(run.module):
             fisher, kind = fisher_signal(run.module, data, test_images, cell.seed)
-            attacked = attack and not run.cut_pipeline
-            surrogate = (passive_leakage(cfg, run, test_images, test_messages, cell.seed, len(sweep_data.proxy))
-                         if attacked else NOT_ATTACKED)
-            white_box = white_box_leakage(cfg, run, test_images, test_messages, cell.seed) if attack else NO_WHITE_BOX
+            attacked = (rehearsal_attacks(cfg, run, test_images, test_messages, cell.seed, len(sweep_data.proxy),
+                                          passive=not run.cut_pipeline) if attack else NOT_ATTACKED)
         rows.append({"key": cell.key, "rehearsal_accuracy": trained.metrics["test_accuracy"],
-                     **linear_decoder_leakage(proxy_messages, proxy_images, test_messages, test_images), **surrogate, **white_box,
+                     **linear_decoder_leakage(proxy_messages, proxy_images, test_messages, test_images), **attacked,
                      "fisher": fisher, "fisher_kind": kind,
                      "rehearsal_time_s": time.perf_counter() - cell_started + trained_s / len(cells)})
     return rows
