@@ -17,7 +17,11 @@ is then g = dL/d(message), the very gradient step 4 would send back, and what th
 is nothing but back-propagate it, so both parties' updates are the same (tested against the two
 passes, weight for weight, over whole trainings); the second pass and its bookkeeping are saved.
 
-Client and server are different parties, so each has its own optimizer. The cut pipeline is the
+Client and server are different parties, so each has its own optimizer settings. In the one-pass
+step both parties' parameters are stepped by one optimizer, a parameter group per party, when their
+settings name the same optimizer (Adam, AdamW and SGD update each parameter from its own gradient and
+state alone, so these are the updates of one optimizer per party, tested likewise); otherwise, and
+in the two-pass step, each party steps its own. The cut pipeline is the
 run's defenses, then its transforms (compressions); each component is asked only for the roles it
 plays (:mod:`splitpriv.cut`). With a :class:`~splitpriv.transport.RemoteServer` in place of the server
 partition, steps 2-4 happen in another process (``splitpriv client`` / ``splitpriv serve``): the
@@ -43,12 +47,34 @@ from splitpriv.transport import RemoteServer
 REMOTE_STEP = "remote_server_step"  # in a client's checkpoint: its last training step served remotely
 
 
-def make_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+def make_optimizer(params, cfg: OptimizerConfig, *more_groups: tuple) -> torch.optim.Optimizer:
+    """One optimizer over ``params`` with ``cfg``'s settings; each further ``(params, cfg)`` pair is
+    a parameter group with its own settings (same optimizer name): Adam, AdamW and SGD update every
+    parameter from its own gradient and state alone, so one optimizer over two groups makes the very
+    updates of two optimizers, one per group."""
+    groups = [(params, cfg), *more_groups]
+    if len({group_cfg.name for _, group_cfg in groups}) > 1:
+        raise ValueError("the parameter groups of one optimizer must name the same optimizer")
+    return OPTIMIZERS[cfg.name]([_param_group(group_params, group_cfg) for group_params, group_cfg in groups])
+
+
+def _param_group(params, cfg: OptimizerConfig) -> dict:
+    group = {"params": [p for p in params if p.requires_grad], "lr": cfg.lr, "weight_decay": cfg.weight_decay}
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    optimizer = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        group["momentum"] = cfg.momentum
+    return group
+
+
+def joined_optimizer_state(client_state: dict, server_state: dict) -> dict:
+    """The state of one optimizer with the client's parameter group, then the server's, from the
+    states of one optimizer per party: the server's parameter indices follow the client's."""
+    (client_group,), (server_group,) = client_state["param_groups"], server_state["param_groups"]
+    offset = len(client_group["params"])
+    return {"state": {**client_state["state"], **{offset + i: s for i, s in server_state["state"].items()}},
+            "param_groups": [client_group, {**server_group, "params": [offset + i for i in server_group["params"]]}]}
 
 
 def bytes_per_sample(tensor: torch.Tensor) -> int:
@@ -159,14 +185,26 @@ class SplitLearningModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def configure_optimizers(self):
-        client_optimizer = make_optimizer([*self.client.parameters(), *self.client_exits.parameters()], self.client_optimizer_cfg)
+        client_parameters = [*self.client.parameters(), *self.client_exits.parameters()]
+        server_parameters = [*self.server.parameters(), *self.server_exits.parameters()]
+        if self.steps_both_parties_at_once:
+            # one optimizer, a parameter group per party: the same updates as one optimizer each, and
+            # one optimizer step's fixed cost instead of two (the split's overhead on small models)
+            return [make_optimizer(client_parameters, self.client_optimizer_cfg,
+                                   (server_parameters, self.server_optimizer_cfg))]
+        client_optimizer = make_optimizer(client_parameters, self.client_optimizer_cfg)
         for privatizer in self.playing(TrainingPrivatizer):  # e.g. DP-SGD: per-sample clipping and noise
             client_optimizer = privatizer.configure_client(self, client_optimizer)
         # a remote server steps its own optimizer in its own process
-        server_optimizers = [] if self.remote else [
-            make_optimizer([*self.server.parameters(), *self.server_exits.parameters()], self.server_optimizer_cfg)]
+        server_optimizers = [] if self.remote else [make_optimizer(server_parameters, self.server_optimizer_cfg)]
         # the trainable parts' optimizers follow client and server, in pipeline order
         return [client_optimizer, *server_optimizers, *(part.configure_optimizer() for part in self.playing(TrainablePart))]
+
+    @property
+    def steps_both_parties_at_once(self) -> bool:
+        """Whether one optimizer steps client and server (one backward pass, both with the same
+        optimizer), rather than one optimizer per party."""
+        return self.one_backward_pass and self.client_optimizer_cfg.name == self.server_optimizer_cfg.name
 
     @property
     def remote(self) -> bool:
@@ -182,7 +220,7 @@ class SplitLearningModule(L.LightningModule):
         client_opt, part_optimizers = optimizers[0], optimizers[1 if self.remote else 2:]
         activation, message, client_exit_logits = self.client_forward(x, training=True)
         if self.one_backward_pass:
-            loss, logits = self._step_in_one_pass(message, client_exit_logits, y, client_opt, optimizers[1])
+            loss, logits = self._step_in_one_pass(message, client_exit_logits, y, optimizers)
             self._account_step(message, loss, logits, y)
             return
 
@@ -226,7 +264,7 @@ class SplitLearningModule(L.LightningModule):
         return not self.remote and not any(isinstance(c, (ClientLossTerm, TrainingPrivatizer, TrainablePart))
                                            for c in self.cut_pipeline)
 
-    def _step_in_one_pass(self, message, client_exit_logits, y, client_opt, server_opt):
+    def _step_in_one_pass(self, message, client_exit_logits, y, optimizers):
         """Steps 2-4 without the boundary's detach: ∂(L + Σ_i τ_i L_i)/∂θ for both parties in one
         backward pass, L the server's loss and L_i the internal classifiers' (each party's own)."""
         logits, server_exit_logits = run_blocks(self.server, self.server_exits, message)
@@ -236,11 +274,11 @@ class SplitLearningModule(L.LightningModule):
             objective = objective + self.exit_loss(self.server_exits, server_exit_logits, y)
         if client_exit_logits:
             objective = objective + self.exit_loss(self.client_exits, client_exit_logits, y)
-        server_opt.zero_grad()
-        client_opt.zero_grad()
+        for optimizer in optimizers:
+            optimizer.zero_grad()
         self.manual_backward(objective)
-        server_opt.step()
-        client_opt.step()
+        for optimizer in optimizers:
+            optimizer.step()
         return loss, logits
 
     def _account_step(self, message, loss, logits, y) -> None:
@@ -260,6 +298,11 @@ class SplitLearningModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.remote:  # where the server must resume when this client rejoins from the checkpoint
             checkpoint[REMOTE_STEP] = self.server.step
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("optimizer_states", [])
+        if self.steps_both_parties_at_once and len(states) == 2:  # saved with one optimizer per party
+            checkpoint["optimizer_states"] = [joined_optimizer_state(*states)]
 
     def on_train_epoch_start(self) -> None:
         if self.remote:  # sequential split learning: this client's turn, from the previous client's partition

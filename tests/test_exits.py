@@ -29,7 +29,9 @@ def outputs(exit_run):
 def test_exits_are_placed_on_the_party_that_runs_them_and_trained(exit_run):
     module = exit_run.module
     assert list(module.client_exits) == ["relu1", "pool"] and list(module.server_exits) == ["fc1"]
-    client_params = {id(p) for group in module.configure_optimizers()[0].param_groups for p in group["params"]}
+    client_group = module.configure_optimizers()[0].param_groups[0]  # the client's optimizer, or its group
+    client_params = {id(p) for p in client_group["params"]}
+    assert not any(id(p) in client_params for p in module.server_exits.parameters())
     assert all(id(p) in client_params for p in module.client_exits.parameters())
     # trained jointly: every internal classifier beats chance (10 classes) on the test set
     for name in ("relu1", "pool", "fc1"):

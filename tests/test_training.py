@@ -61,6 +61,26 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert resumed.metrics["test_loss"] == pytest.approx(straight.metrics["test_loss"], rel=1e-5)
 
 
+def test_a_checkpoint_with_one_optimizer_per_party_resumes_into_one_optimizer(tmp_path, monkeypatch):
+    """A run interrupted while each party had its own optimizer (the two-pass layout, and every
+    checkpoint of splitpriv before one optimizer stepped both) resumes into the one-optimizer layout
+    with each party's Adam state: the same weights as the two-optimizer run resumed as it was."""
+    from splitpriv.training import SplitLearningModule
+
+    def train_then_resume(name):
+        train(quick_config(tmp_path, name=name, **{"training.epochs": 1}))
+        return train(quick_config(tmp_path, name=name, **{"training.epochs": 2}), resume=True)
+
+    with monkeypatch.context() as two_optimizers:
+        two_optimizers.setattr(SplitLearningModule, "one_backward_pass", property(lambda self: False))
+        as_saved = train_then_resume("two")
+        train(quick_config(tmp_path, name="joined", **{"training.epochs": 1}))
+    joined = train(quick_config(tmp_path, name="joined", **{"training.epochs": 2}), resume=True)
+    for name, value in as_saved.module.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, joined.module.state_dict()[name]), name
+
+
 def test_finished_run_is_not_overwritten_silently(tmp_path):
     from splitpriv.errors import SplitprivError
 
@@ -119,9 +139,12 @@ def count_passes(tmp_path, **overrides) -> tuple[int, int, int]:
 
 def test_both_parties_update_through_lightnings_precision_plugin(tmp_path):
     """Backward passes and steps go through manual_backward and the wrapped optimizers, which is
-    what lets a precision plugin or strategy act on them: one pass through both parties and a step
-    of each per batch; two passes when a client loss term needs the server's returned gradient."""
+    what lets a precision plugin or strategy act on them: one pass through both parties and one step
+    (a parameter group per party) per batch; two passes and a step of each party's optimizer when a
+    client loss term needs the server's returned gradient, or when the parties' optimizers differ."""
     backwards, steps, batches = count_passes(tmp_path)
+    assert (backwards, steps) == (batches, batches)
+    backwards, steps, batches = count_passes(tmp_path, **{"training.server_optimizer.name": "sgd"})
     assert (backwards, steps) == (batches, 2 * batches)
     backwards, steps, batches = count_passes(tmp_path, defenses=[{"name": "distance_correlation"}])
     assert (backwards, steps) == (2 * batches, 2 * batches)
@@ -132,10 +155,15 @@ def test_both_parties_update_through_lightnings_precision_plugin(tmp_path):
     {"defenses": [{"name": "dp_noise", "epsilon": 8.0, "noise_seed": 1}]},
     {"transforms": [{"name": "quantize", "bits": 4}], "exits.at": ["relu1", "fc1"]},
     {"training.precision": "bf16-mixed"},
-], ids=["undefended", "dp_noise", "quantize+exits", "bf16-mixed"])
+    {"training.client_optimizer.name": "sgd", "training.client_optimizer.lr": 0.05, "training.client_optimizer.momentum": 0.5,
+     "training.server_optimizer.name": "sgd", "training.server_optimizer.lr": 0.02, "training.server_optimizer.weight_decay": 1e-3},
+    {"training.client_optimizer.lr": 3e-3, "training.server_optimizer.name": "adamw", "training.server_optimizer.weight_decay": 0.1},
+], ids=["undefended", "dp_noise", "quantize+exits", "bf16-mixed", "sgd-per-party-settings", "adam-client-adamw-server"])
 def test_one_backward_pass_trains_the_same_weights_as_the_split_passes(tmp_path, monkeypatch, pipeline):
-    """The one-pass shortcut against the plain split step (server backward, then the client
-    back-propagating the returned gradient), over three epochs of training: the same weights."""
+    """The one-pass shortcut (one optimizer, a parameter group per party, when both parties name the
+    same optimizer) against the plain split step (server backward and its own optimizer's step,
+    then the client back-propagating the returned gradient and stepping its own), over three epochs
+    of training: the same weights."""
     from splitpriv.training import SplitLearningModule
 
     one_pass = train(quick_config(tmp_path, name="one", **pipeline))
