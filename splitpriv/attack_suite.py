@@ -37,6 +37,10 @@ ATTACK_FILE, GRID_FILE = "attack.json", "reconstructions.png"
 QUERY_CHUNK = 1024  # inputs per client query: bounds memory for large messages (e.g. 32x26x26 on MNIST)
 
 
+# the bias-corrected distance correlation of the messages is defined from 4 samples on
+AT_LEAST_FOUR = check(lambda v: v >= 4, "an integer >= 4 (the distance correlation of the messages needs 4 images)")
+
+
 @dataclass
 class AttackSettings:
     """What ``splitpriv attack`` and every sweep cell run (``attack:`` in a sweep config)."""
@@ -44,11 +48,11 @@ class AttackSettings:
     attacks: list[dict] | None = None  # attack specs, e.g. [{name: decoder_inversion, capacity: large}]; None: the default set
     decoder_capacities: list[str] = field(default_factory=lambda: ["small", "large"], metadata=check(
         lambda v: len(v) > 0 and all(c in CAPACITIES for c in v), f"a non-empty list of {sorted(CAPACITIES)}"))
-    samples: int = field(default=256, metadata=POSITIVE_INT)  # private test images attacked and scored
+    samples: int = field(default=256, metadata=AT_LEAST_FOUR)  # private test images attacked and scored
     proxy: str | None = None  # None: the run's proxy data; else a data set name or an .npz file (x uint8, y)
     proxy_size: int | None = field(default=None, metadata=POSITIVE_INT)  # at most this many proxy images
     grid_images: int = field(default=8, metadata=check(lambda v: v >= 1, "an integer >= 1"))
-    dcor_samples: int = field(default=512, metadata=check(lambda v: v >= 2, "an integer >= 2 (O(n²) memory)"))
+    dcor_samples: int = field(default=512, metadata=AT_LEAST_FOUR)  # O(n²) memory
     classifier_max_epochs: int = field(default=100, metadata=POSITIVE_INT)  # the attacker's proxy classifier (early stopping)
     seed: int = field(default=0, metadata=check(lambda v: v >= 0, "an integer >= 0"))
     # None: the attacked run's own device (attack_accelerator)

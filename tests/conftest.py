@@ -30,14 +30,17 @@ def mnist_root():
     return root
 
 
-def assert_higher(higher: list[float], lower: list[float], what: str) -> None:
-    """mean(higher) > mean(lower) beyond the spread over seeds: Welch's t above its one-sided 95 % quantile.
+def assert_higher(higher: list[float], lower: list[float], what: str, paired: bool = False) -> None:
+    """mean(higher) > mean(lower) beyond the spread over seeds: Welch's t above its one-sided 95 % quantile,
+    or, ``paired`` (the same runs measured two ways, e.g. by two attackers), Student's t of the per-run
+    differences.
 
     The comparison for claims that a defense changes leakage (never a strict > on one seed)."""
     from scipy import stats
 
     difference = statistics.mean(higher) - statistics.mean(lower)
-    t, p = stats.ttest_ind(higher, lower, equal_var=False, alternative="greater")
+    t, p = (stats.ttest_rel(higher, lower, alternative="greater") if paired else
+            stats.ttest_ind(higher, lower, equal_var=False, alternative="greater"))
     assert difference > 0 and p < 0.05, f"{what}: {higher} vs {lower} (t {t:.2f}, p {p:.3f})"
 
 

@@ -188,6 +188,36 @@ def test_lr_patience_halves_the_rate_on_plateaus_and_a_constant_rate_stays():
     assert halved <= 1e-2 / 4 and math.log2(1e-2 / halved) == pytest.approx(round(math.log2(1e-2 / halved)))
 
 
+def test_refinements_go_back_to_the_best_weights_at_half_the_rate_and_never_lose_ground():
+    from splitpriv.attacks.base import EarlyStopping, fit_with_early_stopping
+
+    class Restores(torch.nn.Linear):
+        def __init__(self):
+            torch.manual_seed(0)
+            super().__init__(4, 1)
+            self.restored = 0
+
+        def load_state_dict(self, *args, **kwargs):
+            self.restored += 1
+            return super().load_state_dict(*args, **kwargs)
+
+    inputs = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
+    targets = inputs @ torch.ones(4, 1) + 0.5 * torch.randn(64, 1, generator=torch.Generator().manual_seed(2))
+    fits = {}
+    for refinements in (0, 3):
+        model = Restores()
+        fits[refinements] = fit_with_early_stopping(model, torch.nn.functional.mse_loss, inputs, targets, inputs[:16], targets[:16],
+                                                    EarlyStopping(max_epochs=2000, patience=3, lr=0.3, refinements=refinements),
+                                                    torch.Generator().manual_seed(0))
+        # the best weights are loaded at each refinement and once at the end
+        assert (fits[refinements]["refinements"], model.restored) == (refinements, refinements + 1)
+        assert fits[refinements]["final_lr"] == 0.3 / 2 ** refinements and fits[refinements]["stopped"] == "patience"
+    # the first plateau is the same fit; the refined one continues from its best weights
+    assert fits[3]["holdout_loss"] < fits[0]["holdout_loss"] and fits[3]["epochs"] > fits[0]["epochs"]
+    with pytest.raises(ValueError, match="refinements"):
+        build_attack({"name": "decoder_inversion", "refinements": -1})
+
+
 # ----------------------------------------------------------------------------- run_attacks
 
 

@@ -18,10 +18,10 @@ ATTACKS = AttackSettings(attacks=[{"name": "decoder_inversion", "capacity": "sma
                                   {"name": "optimization_inversion"}], samples=128, dcor_samples=128, classifier_max_epochs=1)
 
 
-def train_seeds(out, name: str, defenses: list[dict], cut: str) -> list:
+def train_seeds(out, name: str, defenses: list[dict], cut: str, seeds=SEEDS) -> list:
     return [train(from_dict(RunConfig, {"out": str(out), "name": f"{name}-seed{seed}", "seed": seed,
                                         "model": {"cut_layer": cut}, "training": TRAINING, "defenses": defenses,
-                                        "wandb": {"mode": "disabled"}})) for seed in SEEDS]
+                                        "wandb": {"mode": "disabled"}})) for seed in seeds]
 
 
 def attacked(runs, out) -> list[dict]:
@@ -40,6 +40,25 @@ def test_dp_noise_raises_the_worst_case_reconstruction_error(undefended, tmp_pat
     noisy = attacked(train_seeds(tmp_path, "dp", [{"name": "dp_noise", "epsilon": 8.0}], "relu3"), tmp_path)
     worst = lambda records: [r["worst_case"]["white_box"]["mse"] for r in records]  # noqa: E731
     assert_higher(worst(noisy), worst(none), "white-box worst-case MSE at relu3")
+
+
+def test_refining_the_decoder_at_its_plateaus_lowers_the_reconstruction_error(undefended, tmp_path):
+    """A decoder that goes back to its best weights at half the rate at each plateau (the learned
+    decoders' default refinements) reconstructs better than one that stops at the first plateau of
+    a constant rate: an attacker stopped there understated the leakage. Five seeds: the gain is
+    4-15 % per seed, so three seeds leave the paired t near its 95 % quantile."""
+    from splitpriv.attacks.base import DEFAULT_REFINEMENTS
+
+    out, plain = undefended
+    plain = plain + train_seeds(out, "none", [], "pool", seeds=(3, 4))
+
+    def black_box_mse(refinements: int) -> list[float]:
+        settings = AttackSettings(attacks=[{"name": "decoder_inversion", "capacity": "small", "refinements": refinements}],
+                                  samples=128, dcor_samples=4, classifier_max_epochs=1)
+        return [run_attacks(run, settings, out_dir=tmp_path / f"{run.path.name}-{refinements}", progress=None)
+                ["worst_case"]["black_box"]["mse"] for run in plain]
+
+    assert_higher(black_box_mse(0), black_box_mse(DEFAULT_REFINEMENTS), "black-box decoder MSE at pool", paired=True)
 
 
 def message_dcor_of(run) -> float:

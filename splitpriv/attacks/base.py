@@ -30,7 +30,9 @@ import torch
 from torch import nn
 
 from splitpriv.attacks.metrics import reconstruction_metrics
+from splitpriv.config import is_int
 from splitpriv.cut import NoiseModel
+from splitpriv.errors import ConfigError
 from splitpriv.registry import Registry
 
 GRANTS = ("query", "weights", "architecture", "server", "proxy")
@@ -156,7 +158,13 @@ class EarlyStopping:
 
     ``batch_size`` None: ``auto_batch_size`` of the training set. ``lr_patience``: halve the learning
     rate after that many epochs without improvement (None: a constant rate). A constant rate leaves a
-    large decoder creeping down for hundreds of epochs; halving it on plateaus converges it in far fewer."""
+    large decoder creeping down for hundreds of epochs; halving it on plateaus converges it in far fewer.
+
+    ``refinements``: at a plateau (``patience`` epochs without improvement), go back to the best
+    weights, halve the learning rate and wait ``patience`` epochs again, this many times before
+    stopping. The held-out loss can only go down (the best weights are kept), and the noise of a
+    constant rate no longer ends the fit above its minimum: on the digits decoders one refinement
+    lowered the test MSE by 1-19 % at every cut and seed tried, a second by 1.5-7 % more (CHANGELOG)."""
 
     max_epochs: int = 500
     patience: int = 10
@@ -165,6 +173,7 @@ class EarlyStopping:
     lr: float = 1e-3
     holdout_fraction: float = 0.1
     lr_patience: int | None = None
+    refinements: int = 0
 
     def steps_per_epoch(self, images: int) -> int:
         """Optimizer steps in one epoch of :func:`fit_with_early_stopping` on ``images`` samples."""
@@ -180,6 +189,15 @@ class EarlyStopping:
     def matching_steps(self, images_set_for: int, images_given: int) -> "EarlyStopping":
         """These budgets on ``images_given`` samples, taking the steps they take on ``images_set_for``."""
         return self.epochs_scaled(self.steps_per_epoch(images_set_for) / self.steps_per_epoch(images_given))
+
+
+DEFAULT_REFINEMENTS = 2  # the learned decoders' (EarlyStopping.refinements)
+MAX_REFINEMENTS = 20  # each halves the rate: 2^-20 of it no longer moves a decoder
+
+
+def check_refinements(refinements) -> None:
+    if not is_int(refinements) or not 0 <= refinements <= MAX_REFINEMENTS:
+        raise ConfigError("refinements", refinements, f"an integer in [0, {MAX_REFINEMENTS}]")
 
 
 def auto_batch_size(n: int, steps_per_epoch: int = 8, smallest: int = 16, largest: int = 64) -> int:
@@ -230,6 +248,7 @@ def fit_with_early_stopping(
         optimizer, factor=0.5, patience=settings.lr_patience, threshold=settings.min_delta)
     batch_size = settings.batch_size or auto_batch_size(len(train_targets))
     best_loss, best_state, best_epoch, epoch = float("inf"), copy.deepcopy(model.state_dict()), 0, 0
+    refined_at, refinements = 0, 0  # patience counts from the later of the best epoch and the last refinement
     last_report = time.perf_counter()
     for epoch in range(1, settings.max_epochs + 1):
         inputs = train_inputs() if callable(train_inputs) else train_inputs
@@ -248,14 +267,19 @@ def fit_with_early_stopping(
             schedule.step(holdout_loss)
         if holdout_loss < best_loss * (1 - settings.min_delta):
             best_loss, best_state, best_epoch = holdout_loss, copy.deepcopy(model.state_dict()), epoch
-        elif epoch - best_epoch >= settings.patience:
-            break
+        elif epoch - max(best_epoch, refined_at) >= settings.patience:
+            if refinements == settings.refinements:
+                break
+            model.load_state_dict(best_state)
+            for group in optimizer.param_groups:
+                group["lr"] /= 2
+            refined_at, refinements = epoch, refinements + 1
         if progress and time.perf_counter() - last_report > report_every_s:
             progress(f"    epoch {epoch}: held-out loss {holdout_loss:.5f} (best {best_loss:.5f} at epoch {best_epoch})")
             last_report = time.perf_counter()
     model.load_state_dict(best_state)
     model.eval()
     # 'patience': the held-out loss stopped improving (converged); 'max_epochs': the cap stopped it first
-    stopped = "patience" if epoch - best_epoch >= settings.patience else "max_epochs"
+    stopped = "patience" if epoch - max(best_epoch, refined_at) >= settings.patience else "max_epochs"
     return {"epochs": epoch, "best_epoch": best_epoch, "holdout_loss": best_loss, "batch_size": batch_size, "stopped": stopped,
-            "final_lr": optimizer.param_groups[0]["lr"]}
+            "refinements": refinements, "final_lr": optimizer.param_groups[0]["lr"]}

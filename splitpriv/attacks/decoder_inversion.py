@@ -5,7 +5,8 @@ it would in deployment (noise and all), trains a decoder D from message to image
 
     min_D  (1/N) Σ_i ||D(client(x_i)) - x_i||²      (x_i: proxy images in [0, 1])
 
-to convergence (early stopping on a held-out slice of the proxy data), then decodes the
+to convergence (early stopping on a held-out slice of the proxy data, then ``refinements`` more
+plateaus from the best weights at half the learning rate each), then decodes the
 messages it observed for the private test set.
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from splitpriv.attacks.base import Attack, AttackTarget, EarlyStopping, fit_with_early_stopping, holdout_split, register_attack
+from splitpriv.attacks.base import (DEFAULT_REFINEMENTS, Attack, AttackTarget, EarlyStopping, check_refinements,
+                                    fit_with_early_stopping, holdout_split, register_attack)
 from splitpriv.decoders import CAPACITIES, build_decoder
 from splitpriv.cut import is_number
 from splitpriv.config import MAX_EPOCHS, is_int
@@ -30,20 +32,22 @@ class DecoderInversion(Attack):
     fresh_queries = False  # one query per proxy image, as a passive server would record them
 
     def __init__(self, capacity: str = "large", max_epochs: int = 500, patience: int = 10, batch_size: int | None = None,
-                 lr: float = 2e-3, holdout_fraction: float = 0.1, min_delta: float = 1e-3, lr_patience: int | None = None):
+                 lr: float = 2e-3, holdout_fraction: float = 0.1, min_delta: float = 1e-3, lr_patience: int | None = None,
+                 refinements: int = DEFAULT_REFINEMENTS):
         if capacity not in CAPACITIES:
             raise ConfigError("capacity", capacity, f"one of {sorted(CAPACITIES)}")
         for key, value, none_means in (("max_epochs", max_epochs, None), ("patience", patience, None),
                                        ("batch_size", batch_size, "auto"), ("lr_patience", lr_patience, "a constant rate")):
             if not (is_int(value) and 1 <= value <= MAX_EPOCHS) and not (none_means and value is None):
                 raise ConfigError(key, value, f"an integer in [1, {MAX_EPOCHS:,}]" + (f" or null ({none_means})" if none_means else ""))
+        check_refinements(refinements)
         for key, value, ok, allowed in (("holdout_fraction", holdout_fraction, lambda v: 0 < v < 1, "a fraction in (0, 1)"),
                                         ("lr", lr, lambda v: v > 0, "a number > 0"),
                                         ("min_delta", min_delta, lambda v: v >= 0, "a number >= 0")):
             if not is_number(value) or not ok(value):
                 raise ConfigError(key, value, allowed)
         self.capacity = capacity
-        self.stopping = EarlyStopping(max_epochs, patience, min_delta, batch_size, lr, holdout_fraction, lr_patience)
+        self.stopping = EarlyStopping(max_epochs, patience, min_delta, batch_size, lr, holdout_fraction, lr_patience, refinements)
         self.decoder = None
         self._summary: dict = {}
 
