@@ -25,8 +25,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from splitpriv.attacks.base import (DEFAULT_REFINEMENTS, Attack, AttackTarget, EarlyStopping, check_refinements,
-                                    fit_with_early_stopping, holdout_split, register_attack)
+from splitpriv.attacks.base import (Attack, AttackTarget, EarlyStopping, check_refinements, fit_with_early_stopping,
+                                    holdout_split, register_attack)
 from splitpriv.cut import is_number
 from splitpriv.config import MAX_EPOCHS, is_int
 from splitpriv.decoders import CAPACITIES, build_decoder
@@ -54,7 +54,7 @@ class SurrogateClientInversion(Attack):
 
     def __init__(self, capacity: str = "large", surrogate_epochs: int = 30, task_weight: float = 1.0,
                  mmd_weight: float = 1.0, surrogate_lr: float = 1e-3, batch_size: int = 64, max_epochs: int = 500,
-                 patience: int = 10, lr: float = 2e-3, refinements: int = DEFAULT_REFINEMENTS):
+                 patience: int = 10, lr: float = 2e-3, refinements: int = 0):
         if capacity not in CAPACITIES:
             raise ConfigError("capacity", capacity, f"one of {sorted(CAPACITIES)}")
         for key, value in (("surrogate_epochs", surrogate_epochs), ("batch_size", batch_size), ("max_epochs", max_epochs),
@@ -68,6 +68,8 @@ class SurrogateClientInversion(Attack):
                 raise ConfigError(key, value, "a number > 0" if positive else "a number >= 0")
         self.capacity, self.surrogate_epochs, self.batch_size = capacity, surrogate_epochs, batch_size
         self.task_weight, self.mmd_weight, self.surrogate_lr = float(task_weight), float(mmd_weight), float(surrogate_lr)
+        # no refinements by default: the decoder learns the surrogate's messages, and refining it on them
+        # did not lower its MSE on the client's (default digits sweep: as often higher as lower, CHANGELOG)
         self.stopping = EarlyStopping(max_epochs, patience, 1e-3, None, lr, 0.1, refinements=refinements)
         self.decoder = None
         self._summary: dict = {}
