@@ -52,9 +52,8 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch
 
 def make_optimizer(params, cfg: OptimizerConfig, *more_groups: tuple) -> torch.optim.Optimizer:
     """One optimizer over ``params`` with ``cfg``'s settings; each further ``(params, cfg)`` pair is
-    a parameter group with its own settings (same optimizer name): Adam, AdamW and SGD update every
-    parameter from its own gradient and state alone, so one optimizer over two groups makes the very
-    updates of two optimizers, one per group."""
+    a parameter group with its own settings, under the same optimizer name (why one optimizer may
+    step both parties: the module docstring)."""
     groups = [(params, cfg), *more_groups]
     if len({group_cfg.name for _, group_cfg in groups}) > 1:
         raise ValueError("the parameter groups of one optimizer must name the same optimizer")
