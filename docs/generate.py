@@ -73,8 +73,8 @@ PAGES = {
         metrics=["test_accuracy", "worst_mse_white_box", "worst_ssim_white_box", "recognisable_share_white_box"]),
     "reproduce-nopeek": Page(
         "Reproduction: NoPeek on MNIST (Vepakomma et al. 2020; Titcombe et al. 2021)",
-        "`experiments/reproduce/nopeek_mnist.yaml`: NoPeek weights 0, 0.1 and 0.5 at the MNIST CNN's `pool` cut, "
-        "the black-box decoder; mean ± standard deviation over three seeds.",
+        "`experiments/reproduce/nopeek_mnist.yaml`: NoPeek weights 0, 0.1 and 0.5 (the paper's range), 2 and 5 at the MNIST "
+        "CNN's `pool` cut, the black-box decoder; mean ± standard deviation over three seeds.",
         sweep="splitpriv sweep --config experiments/reproduce/nopeek_mnist.yaml --data-root {data_root} --out {out}",
         sweep_folder="reproduce-nopeek-mnist", cheap=False,
         metrics=["test_accuracy", "dcor_sq_bias_corrected", "worst_mse_black_box", "worst_ssim_black_box",
