@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import shutil
+import statistics
 import time
 import traceback
 from concurrent.futures import as_completed
@@ -635,35 +636,67 @@ def read_frontier(path: Path) -> list[dict]:
 
 
 def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
-    """One panel per threat model: accuracy against that adversary's worst-case MSE, a marker per cell
-    coloured by defense and strength, labelled by cut; the undefended cells joined as a line."""
+    atomic_save_figure(frontier_figure(rows, title), path)
+
+
+def frontier_series(row: dict) -> str:
+    """A row's series in the plot: the defense and its strength (with its unit), and the cell's adaptations if any."""
+    defense = row["defense"] if row.get("strength") is None else f"{row['defense']} {row['strength_parameter']} {row['strength']:g}"
+    return "+".join([defense, *(f"{k} {row[k]}" for k in ("compression", "exits") if row.get(k, NO_DEFENSE) != NO_DEFENSE)])
+
+
+def seed_means(rows: list[dict], column: str) -> list[dict]:
+    """One point per cell (cut and series) with ``column`` measured: the means over its seeds of
+    ``column`` and the test accuracy, their standard deviations (0 for one seed) and the seed count."""
+    cells: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row.get(column) is not None:
+            cells.setdefault((row["cut_layer"], row["cut_name"], frontier_series(row)), []).append(row)
+    points = []
+    for (_, cut_name, series), seeds in cells.items():
+        x, y = [r[column] for r in seeds], [r["test_accuracy"] for r in seeds]
+        spread = statistics.stdev if len(seeds) > 1 else (lambda values: 0.0)
+        points.append({"cut_name": cut_name, "series": series, "mse": statistics.fmean(x), "accuracy": statistics.fmean(y),
+                       "mse_std": spread(x), "accuracy_std": spread(y), "seeds": len(seeds)})
+    return points
+
+
+def frontier_figure(rows: list[dict], title: str):
+    """One panel per threat model that some attack measured: accuracy against that adversary's
+    worst-case MSE, a marker per cell (mean over seeds, with ± one standard deviation on both axes
+    when there are several) coloured by defense and strength and labelled by cut; the undefended
+    cells joined as a line."""
     plt = pyplot()
-
-    def series(row: dict) -> str:  # the defense and its strength (with its unit), with the cell's adaptations if any
-        defense = row["defense"] if row.get("strength") is None else f"{row['defense']} {row['strength_parameter']} {row['strength']:g}"
-        return "+".join([defense, *(f"{k} {row[k]}" for k in ("compression", "exits") if row.get(k, NO_DEFENSE) != NO_DEFENSE)])
-
-    defenses = list(dict.fromkeys(series(row) for row in rows))
+    series = list(dict.fromkeys(frontier_series(row) for row in rows))
     colours = plt.get_cmap("tab10")
-    figure, axes = plt.subplots(1, len(THREAT_MODELS), figsize=(5.2 * len(THREAT_MODELS), 4.6), sharey=True)
-    for axis, model in zip(axes, THREAT_MODELS):
-        column = f"worst_mse_{model}"
-        for i, defense in enumerate(defenses):
-            mine = sorted((r for r in rows if series(r) == defense and r.get(column) is not None), key=lambda r: r[column])
-            axis.plot([r[column] for r in mine], [r["test_accuracy"] for r in mine], "-o" if defense == NO_DEFENSE else "o",
-                      color=colours(i % 10), label=defense, alpha=0.85)
-            for r in mine:
-                axis.annotate(r["cut_name"], (r[column], r["test_accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        errors = [r[column] for r in rows if r.get(column) is not None and r[column] > 0]
+    measured = [m for m in THREAT_MODELS if any(r.get(f"worst_mse_{m}") is not None for r in rows)] or list(THREAT_MODELS)
+    figure, axes = plt.subplots(1, len(measured), figsize=(5.2 * len(measured), 4.6), sharey=True, squeeze=False)
+    for axis, model in zip(axes[0], measured):
+        points = seed_means(rows, f"worst_mse_{model}")
+        for i, name in enumerate(series):
+            mine = sorted((p for p in points if p["series"] == name), key=lambda p: p["mse"])
+            if not mine:
+                continue
+            several = any(p["seeds"] > 1 for p in mine)
+            axis.errorbar([p["mse"] for p in mine], [p["accuracy"] for p in mine],
+                          xerr=[p["mse_std"] for p in mine] if several else None,
+                          yerr=[p["accuracy_std"] for p in mine] if several else None,
+                          fmt="-o" if name == NO_DEFENSE else "o", color=colours(i % 10), label=name, alpha=0.85, capsize=2)
+            for p in mine:
+                axis.annotate(p["cut_name"], (p["mse"], p["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        errors = [p["mse"] for p in points if p["mse"] > 0]
         if errors and max(errors) > 100 * min(errors):  # leakage spans decades from shallow to deep cuts
             axis.set_xscale("log")
         axis.set_xlabel(f"worst-case reconstruction MSE, {model} (higher = more private)")
         axis.set_title(model.replace("_", "-"))
-    axes[0].set_ylabel("test accuracy")
-    axes[-1].legend(fontsize=7)
-    figure.suptitle(f"privacy-utility frontier per threat model: {title}")
+    axes[0][0].set_ylabel("test accuracy")
+    axes[0][-1].legend(fontsize=7)
+    seeds = sorted({p["seeds"] for m in measured for p in seed_means(rows, f"worst_mse_{m}")}) or [1]
+    counts = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+    spread = f"; mean ± std over {counts} seeds" if seeds[-1] > 1 else ""
+    figure.suptitle(f"privacy-utility frontier per threat model: {title}{spread}")
     figure.tight_layout()
-    atomic_save_figure(figure, path)
+    return figure
 
 
 def log_summary(cfg: SweepConfig, sweep_dir: Path, rows: list[dict]) -> None:

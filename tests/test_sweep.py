@@ -199,6 +199,29 @@ def test_compare_prints_sweeps_side_by_side(finished_sweep, tmp_path, capsys):
     assert main(["compare", str(tmp_path / "absent")]) == 2
 
 
+def test_the_frontier_plot_shows_each_cell_once_as_its_seeds_mean_and_spread(finished_sweep):
+    _, rows = finished_sweep
+    seeded = [{**row, "seed": seed, "test_accuracy": row["test_accuracy"] + shift,
+               "worst_mse_black_box": row["worst_mse_black_box"] * (1 + shift)}
+              for row in rows for seed, shift in ((0, -0.01), (1, 0.0), (2, 0.01))]
+    for row in seeded:
+        row["worst_mse_passive"] = None  # no passive attack ran: no passive panel
+    figure = sweep.frontier_figure(seeded, "tiny")
+    try:
+        assert [axis.get_title() for axis in figure.axes] == ["black-box", "white-box"]
+        assert "mean ± std over 3 seeds" in figure._suptitle.get_text()
+        black_box = figure.axes[0]
+        drawn = [(x, y) for line in black_box.lines if line.get_marker() == "o"
+                 for x, y in zip(line.get_xdata(), line.get_ydata())]
+        assert len(drawn) == len(rows)  # one marker per cell, not one per seed
+        for row in rows:  # the middle seed is each cell's mean
+            assert any(x == pytest.approx(row["worst_mse_black_box"]) and y == pytest.approx(row["test_accuracy"])
+                       for x, y in drawn)
+        assert black_box.collections  # the error bars
+    finally:
+        sweep.pyplot().close(figure)
+
+
 def test_compare_writes_markdown_naming_the_command_and_commit(finished_sweep, tmp_path):
     folder, rows = finished_sweep
     provenance = json.loads((folder / "provenance.json").read_text())["started"]
