@@ -636,7 +636,7 @@ def read_frontier(path: Path) -> list[dict]:
 
 
 def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
-    atomic_save_figure(frontier_figure(rows, title), path)
+    atomic_save_figure(frontier_figure({title: rows}, title), path)
 
 
 def frontier_series(row: dict) -> str:
@@ -661,42 +661,57 @@ def seed_means(rows: list[dict], column: str) -> list[dict]:
     return points
 
 
-def frontier_figure(rows: list[dict], title: str):
+FOLDER_MARKERS = "osD^vP*X"  # a marker shape per frontier when several share one plot
+
+
+def frontier_figure(frontiers: dict[str, list[dict]], title: str):
     """One panel per threat model that some attack measured: accuracy against that adversary's
     worst-case MSE, a marker per cell (mean over seeds, with ± one standard deviation on both axes
     when there are several) coloured by defense and strength and labelled by cut; the undefended
-    cells joined as a line."""
+    cells joined as a line. Several frontiers (name -> rows) share the panels, a marker shape each."""
     plt = pyplot()
-    series = list(dict.fromkeys(frontier_series(row) for row in rows))
+    every_row = [row for rows in frontiers.values() for row in rows]
+    series = list(dict.fromkeys(frontier_series(row) for row in every_row))
     colours = plt.get_cmap("tab10")
-    measured = [m for m in THREAT_MODELS if any(r.get(f"worst_mse_{m}") is not None for r in rows)] or list(THREAT_MODELS)
+    measured = [m for m in THREAT_MODELS if any(r.get(f"worst_mse_{m}") is not None for r in every_row)] or list(THREAT_MODELS)
     figure, axes = plt.subplots(1, len(measured), figsize=(5.2 * len(measured), 4.6), sharey=True, squeeze=False)
+    seed_counts = set()
     for axis, model in zip(axes[0], measured):
-        points = seed_means(rows, f"worst_mse_{model}")
-        for i, name in enumerate(series):
-            mine = sorted((p for p in points if p["series"] == name), key=lambda p: p["mse"])
-            if not mine:
-                continue
-            several = any(p["seeds"] > 1 for p in mine)
-            axis.errorbar([p["mse"] for p in mine], [p["accuracy"] for p in mine],
-                          xerr=[p["mse_std"] for p in mine] if several else None,
-                          yerr=[p["accuracy_std"] for p in mine] if several else None,
-                          fmt="-o" if name == NO_DEFENSE else "o", color=colours(i % 10), label=name, alpha=0.85, capsize=2)
-            for p in mine:
-                axis.annotate(p["cut_name"], (p["mse"], p["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        errors = [p["mse"] for p in points if p["mse"] > 0]
+        panel = []
+        for f, (name, rows) in enumerate(frontiers.items()):
+            points = seed_means(rows, f"worst_mse_{model}")
+            panel += points
+            for i, label in enumerate(series):
+                _draw_series(axis, sorted((p for p in points if p["series"] == label), key=lambda p: p["mse"]),
+                             colours(i % 10), FOLDER_MARKERS[f % len(FOLDER_MARKERS)], label == NO_DEFENSE,
+                             label if len(frontiers) == 1 else f"{name}: {label}")
+        seed_counts |= {p["seeds"] for p in panel}
+        errors = [p["mse"] for p in panel if p["mse"] > 0]
         if errors and max(errors) > 100 * min(errors):  # leakage spans decades from shallow to deep cuts
             axis.set_xscale("log")
-        axis.set_xlabel(f"worst-case reconstruction MSE, {model} (higher = more private)")
+        axis.set_xlabel(f"worst-case reconstruction MSE, {model}\n(higher = more private)")
         axis.set_title(model.replace("_", "-"))
     axes[0][0].set_ylabel("test accuracy")
     axes[0][-1].legend(fontsize=7)
-    seeds = sorted({p["seeds"] for m in measured for p in seed_means(rows, f"worst_mse_{m}")}) or [1]
-    counts = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
-    spread = f"; mean ± std over {counts} seeds" if seeds[-1] > 1 else ""
+    counts = sorted(seed_counts) or [1]
+    spread = "" if counts[-1] == 1 else \
+        f"; mean ± std over {counts[0] if len(counts) == 1 else f'{counts[0]}-{counts[-1]}'} seeds"
     figure.suptitle(f"privacy-utility frontier per threat model: {title}{spread}")
     figure.tight_layout()
     return figure
+
+
+def _draw_series(axis, points: list[dict], colour, marker: str, joined: bool, label: str) -> None:
+    """The cells of one series (sorted by MSE) as markers, with their seeds' spread when there are several."""
+    if not points:
+        return
+    several = any(p["seeds"] > 1 for p in points)
+    axis.errorbar([p["mse"] for p in points], [p["accuracy"] for p in points],
+                  xerr=[p["mse_std"] for p in points] if several else None,
+                  yerr=[p["accuracy_std"] for p in points] if several else None,
+                  fmt=f"-{marker}" if joined else marker, color=colour, label=label, alpha=0.85, capsize=2)
+    for p in points:
+        axis.annotate(p["cut_name"], (p["mse"], p["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
 
 
 def log_summary(cfg: SweepConfig, sweep_dir: Path, rows: list[dict]) -> None:

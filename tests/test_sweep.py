@@ -206,7 +206,7 @@ def test_the_frontier_plot_shows_each_cell_once_as_its_seeds_mean_and_spread(fin
               for row in rows for seed, shift in ((0, -0.01), (1, 0.0), (2, 0.01))]
     for row in seeded:
         row["worst_mse_passive"] = None  # no passive attack ran: no passive panel
-    figure = sweep.frontier_figure(seeded, "tiny")
+    figure = sweep.frontier_figure({"tiny": seeded}, "tiny")
     try:
         assert [axis.get_title() for axis in figure.axes] == ["black-box", "white-box"]
         assert "mean ± std over 3 seeds" in figure._suptitle.get_text()
@@ -220,6 +220,24 @@ def test_the_frontier_plot_shows_each_cell_once_as_its_seeds_mean_and_spread(fin
         assert black_box.collections  # the error bars
     finally:
         sweep.pyplot().close(figure)
+
+
+def test_compare_plots_several_frontiers_in_one_figure_a_marker_shape_each(finished_sweep, tmp_path, monkeypatch):
+    folder, rows = finished_sweep
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(folder / "frontier.csv", other / "frontier.csv")
+    figures = []
+    real_figure = sweep.frontier_figure
+    monkeypatch.setattr(sweep, "frontier_figure", lambda *a, **k: figures.append(real_figure(*a, **k)) or figures[-1])
+    assert main(["compare", str(folder), str(other), "--plot", str(tmp_path / "both.png")]) == 0
+    assert (tmp_path / "both.png").stat().st_size > 0
+    white_box = figures[0].axes[-1]
+    markers = [line.get_marker() for line in white_box.lines if line.get_marker() not in ("None", "|", "_")]
+    drawn = sum(len(line.get_xdata()) for line in white_box.lines if line.get_marker() in markers)
+    assert set(markers) == {"o", "s"} and drawn == 2 * len(rows)
+    assert any(text.startswith("other: ") for text in (t.get_text() for t in white_box.get_legend().get_texts()))
+    assert main(["compare", str(folder), "--plot", str(tmp_path / "both.txt")]) == 2
 
 
 def test_compare_writes_markdown_naming_the_command_and_commit(finished_sweep, tmp_path):

@@ -11,6 +11,7 @@ from splitpriv.errors import RunStateError, SplitprivError
 
 HELP = ("print the frontiers of sweep folders (or attacked run folders) side by side, one line per cut and "
         "defense, averaged over seeds; --markdown FILE writes the table with the provenance of each folder")
+PLOT_FORMATS = (".png", ".pdf", ".svg")
 SHOWN = ("test_accuracy", "worst_mse_passive", "worst_mse_black_box", "worst_mse_white_box")
 
 
@@ -134,6 +135,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frontier.csv columns to show (e.g. worst_psnr dcor_sq_bias_corrected message_dp_epsilon_per_sample)")
     parser.add_argument("--cuts", nargs="+", default=[], help="only these cuts (indices or names)")
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the table as Markdown, with provenance")
+    parser.add_argument("--plot", type=Path, metavar="FILE",
+                        help="also draw the folders' frontiers in one figure (a PNG; a marker shape per folder)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -143,9 +146,23 @@ def run(args: argparse.Namespace) -> int:
     for folder in args.folders:
         if not folder.is_dir():
             raise SplitprivError(f"no such folder: {folder}")
+    if args.plot and args.plot.suffix.lower() not in PLOT_FORMATS:
+        raise SplitprivError(f"--plot {args.plot}: give a file name ending in one of {', '.join(PLOT_FORMATS)}")
     metrics, cuts = tuple(args.metrics), tuple(args.cuts)
     print(compare_table(args.folders, metrics, cuts))
     if args.markdown:
         atomic_write_text(args.markdown, markdown_table(args.folders, metrics, command_line(), cuts))
         print(f"wrote {args.markdown}")
+    if args.plot:
+        from splitpriv.store import atomic_save_figure
+        from splitpriv.sweep import frontier_figure
+
+        frontiers = {_unique_name(folder, args.folders): frontier_rows(folder) for folder in args.folders}
+        atomic_save_figure(frontier_figure(frontiers, " vs ".join(frontiers)), args.plot)
+        print(f"wrote {args.plot}")
     return 0
+
+
+def _unique_name(folder: Path, folders: list[Path]) -> str:
+    """The folder's name, or its path where another folder has the same name."""
+    return folder.name if sum(f.name == folder.name for f in folders) == 1 else str(folder)
