@@ -692,7 +692,8 @@ def frontier_figure(frontiers: dict[str, list[dict]], title: str):
         axis.set_xlabel(f"worst-case reconstruction MSE, {model}\n(higher = more private)")
         axis.set_title(model.replace("_", "-"))
     axes[0][0].set_ylabel("test accuracy")
-    axes[0][-1].legend(fontsize=7)
+    if axes[0][-1].get_legend_handles_labels()[0]:  # a sweep with no cell measured yet draws empty panels
+        axes[0][-1].legend(fontsize=7)
     counts = sorted(seed_counts) or [1]
     spread = "" if counts[-1] == 1 else \
         f"; mean ± std over {counts[0] if len(counts) == 1 else f'{counts[0]}-{counts[-1]}'} seeds"
