@@ -367,6 +367,8 @@ CASES = [
     Case("compare a frontier with text in a number", lambda tmp, r, s: ["compare", str(_frontier(
         tmp, "cut_layer,cut_name,defense,strength,test_accuracy,worst_mse,worst_ssim\n1,relu1,none,,0.9,oops,0.5\n"))], "line 2"),
     Case("compare an unknown metric", lambda tmp, r, s: ["compare", str(s), "--metrics", "bogus"], "no such column"),
+    Case("compare plotted to a file type matplotlib does not write",
+         lambda tmp, r, s: ["compare", str(s), "--plot", str(tmp / "frontier.csv")], "--plot"),
     Case("compare a folder of other files", lambda tmp, r, s: ["compare", str(tmp)], "neither a sweep"),
     # ------------------------------------------------------------------ profile
     Case("profile a terabyte input", lambda tmp, r, s: ["profile", "--input-shape", "3,100000,100000", "--no-timing",

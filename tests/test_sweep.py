@@ -237,7 +237,6 @@ def test_compare_plots_several_frontiers_in_one_figure_a_marker_shape_each(finis
     drawn = sum(len(line.get_xdata()) for line in white_box.lines if line.get_marker() in markers)
     assert set(markers) == {"o", "s"} and drawn == 2 * len(rows)
     assert any(text.startswith("other: ") for text in (t.get_text() for t in white_box.get_legend().get_texts()))
-    assert main(["compare", str(folder), "--plot", str(tmp_path / "both.txt")]) == 2
 
 
 def test_compare_writes_markdown_naming_the_command_and_commit(finished_sweep, tmp_path):
