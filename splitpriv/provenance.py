@@ -7,6 +7,7 @@ command and commit behind its numbers.
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import shlex
 import subprocess
@@ -42,6 +43,19 @@ def source_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
+# settings that choose which CPU kernels torch (ATen) and oneDNN dispatch to: the learned attacks' fits
+# land up to ±15 % apart between instruction sets (docs/sweeps.md, "Repeating a sweep")
+KERNEL_SETTINGS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
+def cpu_kernels() -> str:
+    """The instruction set of torch's CPU kernels on this machine (e.g. ``AVX512``), with any setting
+    that capped it (e.g. ``AVX512 (ONEDNN_MAX_CPU_ISA=AVX2)``)."""
+    capped = ", ".join(f"{key}={os.environ[key]}" for key in KERNEL_SETTINGS if os.environ.get(key))
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{capability} ({capped})" if capped else capability
+
+
 def provenance() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -50,5 +64,5 @@ def provenance() -> dict:
     except PackageNotFoundError:
         splitpriv_version = "unknown"
     return {"command": command_line(), "commit": source_commit(), "splitpriv": splitpriv_version,
-            "python": platform.python_version(), "torch": str(torch.__version__),
+            "python": platform.python_version(), "torch": str(torch.__version__), "cpu_kernels": cpu_kernels(),
             "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

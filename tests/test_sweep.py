@@ -199,6 +199,14 @@ def test_compare_prints_sweeps_side_by_side(finished_sweep, tmp_path, capsys):
     assert main(["compare", str(tmp_path / "absent")]) == 2
 
 
+def test_provenance_names_a_cap_on_the_cpu_kernels(monkeypatch):
+    from splitpriv.provenance import provenance
+
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert provenance()["cpu_kernels"] == f"{torch.backends.cpu.get_cpu_capability()} (ONEDNN_MAX_CPU_ISA=AVX2)"
+
+
 def test_the_frontier_plot_shows_each_cell_once_as_its_seeds_mean_and_spread(finished_sweep):
     _, rows = finished_sweep
     seeded = [{**row, "seed": seed, "test_accuracy": row["test_accuracy"] + shift,
@@ -248,6 +256,8 @@ def test_compare_writes_markdown_naming_the_command_and_commit(finished_sweep, t
                  "message_dp_epsilon_per_sample"]) == 0
     text = table.read_text()
     assert f"`{provenance['command']}` at commit `{provenance['commit']}`" in text
+    assert provenance["cpu_kernels"].startswith(torch.backends.cpu.get_cpu_capability())
+    assert f"CPU kernels {provenance['cpu_kernels']}" in text  # the fits differ between instruction sets
     noisy = next(r for r in rows if r["defense"] == "dp_noise")
     line = next(l for l in text.splitlines() if l.startswith(f"| {noisy['cut_layer']}:") and "dp_noise" in l)
     assert "epsilon (per message) 32" in line and f"{noisy['message_dp_epsilon_per_sample']:.1f}" in line

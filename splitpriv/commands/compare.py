@@ -122,8 +122,9 @@ def markdown_table(folders: list[Path], metrics: tuple[str, ...] = SHOWN, comman
     for folder in folders:
         origin = folder_provenance(folder)
         described = origin and all(key in origin for key in ("command", "commit", "created_utc"))
+        kernels = f", CPU kernels {origin['cpu_kernels']}" if described and origin.get("cpu_kernels") else ""
         text.append(f"- `{folder.name}`: " + (f"`{origin['command']}` at commit `{origin['commit']}`, {origin['created_utc']}"
-                                              if described else "no provenance recorded"))
+                                              f"{kernels}" if described else "no provenance recorded"))
     text += ["", "| " + " | ".join(lines[0]) + " |", "|" + "---|" * len(lines[0])]
     text += ["| " + " | ".join(line) + " |" for line in lines[1:]]
     return "\n".join(text) + "\n"
