@@ -43,8 +43,8 @@ def source_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-# settings that choose which CPU kernels torch (ATen) and oneDNN dispatch to: the learned attacks' fits
-# land up to ±15 % apart between instruction sets (docs/sweeps.md, "Repeating a sweep")
+# settings that cap which CPU kernels torch (ATen) and oneDNN dispatch to: between instruction sets the
+# learned attacks' fits land up to about 15 % apart (docs/sweeps.md)
 KERNEL_SETTINGS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 
 

@@ -137,7 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuts", nargs="+", default=[], help="only these cuts (indices or names)")
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the table as Markdown, with provenance")
     parser.add_argument("--plot", type=Path, metavar="FILE",
-                        help="also draw the folders' frontiers in one figure (a PNG; a marker shape per folder)")
+                        help="also draw the folders' frontiers in one figure (.png, .pdf or .svg; a marker shape per folder)")
 
 
 def run(args: argparse.Namespace) -> int:
