@@ -44,7 +44,7 @@ def source_commit() -> str:
 
 
 # settings that cap which CPU kernels torch (ATen) and oneDNN dispatch to: between instruction sets the
-# learned attacks' fits land up to about 15 % apart (docs/sweeps.md)
+# learned attacks' fits land measurably apart (docs/sweeps.md)
 KERNEL_SETTINGS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
 
 
