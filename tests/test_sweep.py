@@ -245,6 +245,9 @@ def test_compare_plots_several_frontiers_in_one_figure_a_marker_shape_each(finis
     drawn = sum(len(line.get_xdata()) for line in white_box.lines if line.get_marker() in markers)
     assert set(markers) == {"o", "s"} and drawn == 2 * len(rows)
     assert any(text.startswith("other: ") for text in (t.get_text() for t in white_box.get_legend().get_texts()))
+    assert main(["compare", str(folder), "--cuts", "pool", "--plot", str(tmp_path / "pool.png")]) == 0
+    pool_only = figures[-1].axes[-1]
+    assert {text.get_text() for text in pool_only.texts} == {"pool"}  # --cuts chooses the plotted cells too
 
 
 def test_compare_writes_markdown_naming_the_command_and_commit(finished_sweep, tmp_path):

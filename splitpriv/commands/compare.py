@@ -64,6 +64,11 @@ def _strength(row: dict) -> str:
     return " ".join(filter(None, [row.get("strength_parameter"), f"{row['strength']:g}"]))
 
 
+def rows_at_cuts(folder: Path, cuts: tuple[str, ...] = ()) -> list[dict]:
+    """The folder's frontier rows at ``cuts`` (indices or names; all when empty)."""
+    return [row for row in frontier_rows(folder) if not cuts or {str(row["cut_layer"]), row["cut_name"]} & set(cuts)]
+
+
 def by_cell(rows: list[dict], metrics: tuple[str, ...]) -> dict[tuple, dict[str, list]]:
     """Each metric's values over seeds, keyed by (cut_layer, cut_name, defense, strength)."""
     grouped: dict[tuple, dict[str, list]] = {}
@@ -92,7 +97,7 @@ def compare_lines(folders: list[Path], metrics: tuple[str, ...] = SHOWN, cuts: t
     names) keeps only those cuts."""
     frontiers = []
     for folder in folders:
-        rows = [row for row in frontier_rows(folder) if not cuts or {str(row["cut_layer"]), row["cut_name"]} & set(cuts)]
+        rows = rows_at_cuts(folder, cuts)
         unknown = [m for m in metrics if rows and all(m not in row for row in rows)]
         if unknown:
             raise SplitprivError(f"--metrics {' '.join(unknown)}: no such column in {folder}; columns: {sorted(rows[0])}")
@@ -158,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         from splitpriv.store import atomic_save_figure
         from splitpriv.sweep import frontier_figure
 
-        frontiers = {_unique_name(folder, args.folders): frontier_rows(folder) for folder in args.folders}
+        frontiers = {_unique_name(folder, args.folders): rows_at_cuts(folder, cuts) for folder in args.folders}
         atomic_save_figure(frontier_figure(frontiers, " vs ".join(frontiers)), args.plot)
         print(f"wrote {args.plot}")
     return 0
