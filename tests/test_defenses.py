@@ -258,6 +258,9 @@ def test_every_defense_at_moderate_strength_trains_digits(moderate_runs, key):
     (["--defense", "dp_sgd", "--max-grad-norm", "-2"], "max_grad_norm"),
     (["--defense", "dp_sgd", "--noise-multiplier", "0"], "noise_multiplier"),
     (["--defense", "dp_sgd", "--accountant", "moments"], "accountant"),
+    (["--defense", "dp_sgd", "--accountant", "gdp"], "understate"),  # an approximation, not a bound
+    (["--defense", "dp_sgd", "--delta", "0.01"], "1 / (private training samples)"),
+    (["--defense", "dp_noise", "--accounting-delta", "0.01"], "1 / (private training samples)"),
     (["--defense", "distance_correlation", "--weight", "-0.5"], "weight"),
     (["--defense", "decoder_reconstruction", "--weight", "-1"], "weight"),
     (["--defense", "decoder_reconstruction", "--capacity", "huge"], "capacity"),

@@ -16,7 +16,7 @@ from splitpriv.attacks import AttackTarget, build_attack, evaluate
 from splitpriv.attack_suite import AttackSettings, run_attacks
 from splitpriv.attack_suite import deployed_target, load_proxy
 from splitpriv.defenses import DPNoise
-from splitpriv.defenses.accounting import composed_epsilon
+from splitpriv.defenses.accounting import composed_epsilon, sampled_composed_epsilon
 from splitpriv.defenses.dp_noise import analytic_gaussian_sigma
 from splitpriv.config import RunConfig, from_dict
 from splitpriv.experiment import train
@@ -174,6 +174,74 @@ def test_a_resumed_run_continues_its_accounting(tmp_path):
         composed_epsilon("gaussian", sigma / sensitivity, 6, 1e-5))
     assert load_run(tmp_path / "resumed").defenses[0].releases_per_sample == 6
 
+
+
+def _bisect_epsilon(delta_of, delta: float) -> float:
+    low, high = 0.0, 200.0
+    for _ in range(100):
+        middle = (low + high) / 2
+        low, high = (middle, high) if delta_of(middle) > delta else (low, middle)
+    return high
+
+
+@pytest.mark.parametrize("noise_multiplier", [0.6, 1.5])
+def test_poisson_sampled_releases_are_the_binomial_mixture_of_compositions(noise_multiplier):
+    """A sample drawn with q = 1/16 at each of 160 steps (10 epochs), then released once more:
+    delta(epsilon) = sum_k P(K = k) delta_{k+1}(epsilon), K ~ Binomial(160, 1/16), in closed form
+    for the Gaussian. Counting 10 + 1 releases instead (what was reported) is below it."""
+    steps, q, delta = 160, 1 / 16, 1e-5
+    pmf = [math.comb(steps, k) * q ** k * (1 - q) ** (steps - k) for k in range(steps + 1)]
+    exact = _bisect_epsilon(lambda e: sum(p * _gaussian_delta(e, math.sqrt(k + 1) / noise_multiplier)
+                                          for k, p in enumerate(pmf) if p > 1e-300), delta)
+    accounted = sampled_composed_epsilon("gaussian", noise_multiplier, steps, q, 1, delta)
+    assert exact <= accounted <= 1.01 * exact + 0.01
+    assert accounted > 1.1 * composed_epsilon("gaussian", noise_multiplier, 11, delta)
+
+
+@pytest.mark.parametrize("mechanism, noise_multiplier", [("gaussian", 1.0), ("laplace", 0.5), ("laplace", 1 / 32)])
+def test_sampled_accounting_without_sampling_is_the_plain_composition(mechanism, noise_multiplier):
+    """q = 1: every sample at every step, K = steps exactly."""
+    fixed = composed_epsilon(mechanism, noise_multiplier, 6, 1e-5)
+    assert sampled_composed_epsilon(mechanism, noise_multiplier, 5, 1.0, 1, 1e-5) == pytest.approx(fixed, rel=1e-3)
+
+
+def test_laplace_poisson_accounting_lies_between_the_expected_count_and_every_step():
+    """Laplace at epsilon 8 per message (z = 1/8), 10 epochs of 16 steps, one release after."""
+    accounted = sampled_composed_epsilon("laplace", 1 / 8, 160, 1 / 16, 1, 1e-5)
+    assert composed_epsilon("laplace", 1 / 8, 11, 1e-5) < accounted < 8 * 161
+
+
+@pytest.mark.parametrize("dp_sgd_first", [False, True])
+def test_dp_noise_next_to_dp_sgd_accounts_the_poisson_sampled_releases(tmp_path, dp_sgd_first):
+    """dp_sgd's loader draws each sample at each step with q = 1 / steps per epoch: a sample's
+    messages in training are Binomial, not one per epoch (in either order of the two)."""
+    spec = [{"name": "dp_noise", "mechanism": "gaussian", "epsilon": 4.0, "clip": 1.0},
+            {"name": "dp_sgd", "noise_multiplier": 1.0}]
+    run = train(run_config(tmp_path, "both", spec[::-1] if dp_sgd_first else spec, epochs=2))
+    metrics = run.metrics
+    noise = next(defense for defense in load_run(tmp_path / "both").defenses if defense.name == "dp_noise")
+    q = metrics["dp_noise/sample_rate"]
+    steps_per_epoch = round(1 / q)
+    assert noise.training_steps == 2 * steps_per_epoch and noise.sample_rate == q  # restored from the checkpoint
+    multiplier = analytic_gaussian_sigma(4.0, 1e-5, 2.0) / 2.0
+    expected = sampled_composed_epsilon("gaussian", multiplier, 2 * steps_per_epoch, q, 1, 1e-5)
+    assert metrics["dp_noise/epsilon_per_sample"] == pytest.approx(expected)
+    assert expected > composed_epsilon("gaussian", multiplier, 3, 1e-5)  # 2 epochs + inference, as if unsampled
+    assert noise.epsilon_per_sample() == pytest.approx(expected)
+
+
+def test_a_dp_sgd_run_with_a_target_is_not_resumed_for_more_epochs_than_its_noise_was_chosen_for(tmp_path):
+    """sigma comes from the checkpoint, chosen to spend target_epsilon over the first schedule."""
+    from splitpriv.errors import ConfigError
+
+    spec = [{"name": "dp_sgd", "target_epsilon": 8.0}]
+    first = train(run_config(tmp_path, "target", spec, epochs=1))
+    assert first.metrics["dp_sgd/epsilon_per_sample"] <= 8.0
+    (tmp_path / "target" / "metrics.json").unlink()  # as if killed after its one epoch's checkpoint
+    with pytest.raises(ConfigError, match="training.epochs.*target_epsilon 8"):
+        train(run_config(tmp_path, "target", spec, epochs=3), resume=True)
+    resumed = train(run_config(tmp_path, "target", spec, epochs=1), resume=True)  # the same schedule resumes
+    assert resumed.metrics["dp_sgd/epsilon_per_sample"] <= 8.0
 
 # ----------------------------------------------------------------------------- the white-box attacker
 

@@ -187,11 +187,13 @@ def test_bf16_mixed_sends_bfloat16_messages_and_learns(tmp_path):
     assert half.metrics["test_accuracy"] > 0.5  # chance is 0.1; 32-true reaches about 0.8 in 3 epochs
 
 
-def test_dp_sgd_under_bf16_is_refused_naming_both(tmp_path):
+@pytest.mark.parametrize("defense", ["dp_sgd", "dp_noise"])
+def test_a_dp_defense_under_bf16_is_refused_naming_both(tmp_path, defense):
+    """dp_sgd: Opacus' per-sample gradients are float32; dp_noise: its noise would be rounded to bfloat16."""
     from splitpriv.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="training.precision.*32-true with dp_sgd"):
-        train(quick_config(tmp_path, defenses=[{"name": "dp_sgd"}], **{"training.precision": "bf16-mixed"}))
+    with pytest.raises(ConfigError, match=f"training.precision.*32-true with {defense}"):
+        train(quick_config(tmp_path, defenses=[{"name": defense}], **{"training.precision": "bf16-mixed"}))
     assert not any(tmp_path.iterdir())  # refused before a run folder is made
 
 

@@ -25,6 +25,7 @@ class CutComponent(nn.Module):
     parameter_units: ClassVar[dict[str, str]] = {}  # parameter -> what its value means, for tables (e.g. 'per message')
     parameter_help: ClassVar[dict[str, str]] = {}  # parameter -> one line for its command-line flag's help
     precisions: ClassVar[tuple[str, ...] | None] = None  # the training precisions it works under; None: any
+    poisson_sampling: ClassVar[bool] = False  # its train_loader draws each sample at each step with rate 1 / len(loader)
 
     def __getstate__(self):
         state = dict(self.__dict__)

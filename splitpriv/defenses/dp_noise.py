@@ -18,7 +18,10 @@ sent is one use of an (epsilon, delta)-DP mechanism *for the input it encodes* (
 validation pass), and ``inference_releases`` more times after training (the deployed client
 sending the same person's data). :mod:`defenses.accounting` composes these k releases into the
 ``(epsilon, delta)`` per sample that the metrics report (``epsilon_per_sample`` at
-``accounting_delta``; Laplace also ``epsilon_per_sample_pure`` = k epsilon at delta 0).
+``accounting_delta``; Laplace also ``epsilon_per_sample_pure`` = k epsilon at delta 0). Under
+Poisson sampling (next to ``dp_sgd``) a sample is sent at each step with probability q, so its
+count in training is random, K ~ Binomial(steps, q): the accounting takes the mixture over K
+(:func:`~defenses.accounting.sampled_composed_epsilon`), and the pure bound every step's release.
 What it protects: the content of each message about the input it encodes, given the client's
 weights. It does not cover the labels the server receives, the gradients it returns, nor what
 the client's weights learned from the private data (they train on it without privacy; add
@@ -35,7 +38,7 @@ import math
 
 import torch
 
-from splitpriv.defenses.accounting import composed_epsilon
+from splitpriv.defenses.accounting import composed_epsilon, refuse_delta_above_one_in_n, sampled_composed_epsilon
 from splitpriv.cut import MessageTransform, NoiseModel, is_number, private_generator
 from splitpriv.defenses.base import Defense, register_defense
 from splitpriv.errors import ConfigError
@@ -103,6 +106,9 @@ class DPNoise(Defense, MessageTransform):
     name = "dp_noise"
     active_at_inference = True
     randomized = True
+    # under autocast the noise would be rounded to bfloat16 (8-bit mantissa): the gaps between
+    # representable noise values are what floating-point attacks on DP exploit (Mironov 2012)
+    precisions = ("32-true",)
     parameter_units = {"epsilon": "per message", "delta": "per message", "clip": "C"}
     parameter_help = {"mechanism": "laplace or gaussian", "epsilon": "privacy budget per message, > 0",
                       "delta": "delta per message in (0, 1), gaussian only",
@@ -146,12 +152,17 @@ class DPNoise(Defense, MessageTransform):
         self.register_buffer("clip", torch.tensor(float("nan") if self.calibrate_clip else float(clip)))
         self.generator = private_generator(noise_seed)
         self.training_messages = 0  # messages of private training samples sent in training mode
+        self.training_steps = 0  # batches of them
         self.private_train_size = 0
+        self.poisson_sampled = False  # another component's train_loader draws each sample per step (dp_sgd)
+        self.sample_rate: float | None = None  # that draw's rate q; None: each pass sends every sample once
 
     # ------------------------------------------------------------------ calibration
     @torch.no_grad()
     def setup(self, module, private_train) -> None:
         self.private_train_size = len(private_train)
+        refuse_delta_above_one_in_n("accounting_delta", self.accounting_delta, len(private_train))
+        self.poisson_sampled = any(component.poisson_sampling for component in module.cut_pipeline)
         if not self.calibrate_clip:
             return
         was_training = module.client.training
@@ -162,6 +173,12 @@ class DPNoise(Defense, MessageTransform):
         self.clip.fill_(norms.median().item())
         if not self.clip > 0:
             raise ConfigError("clip", "median", f"a number > 0: the median message norm on the private training data is {self.clip.item()}")
+
+    def train_loader(self, loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+        """Under Poisson sampling each step draws every sample with rate q = 1 / len(loader) (the
+        loader before or after dp_sgd wraps it has the same length): the accounting needs q."""
+        self.sample_rate = 1 / len(loader) if self.poisson_sampled else None
+        return loader
 
     @property
     def sensitivity(self) -> float:
@@ -190,6 +207,7 @@ class DPNoise(Defense, MessageTransform):
         noise = self._draw(clipped.shape).to(clipped)
         if self.training:
             self.training_messages += len(message)
+            self.training_steps += 1
         noisy = clipped + noise
         return noisy if self.output_bound is None else noisy.clamp(-self.output_bound, self.output_bound)
 
@@ -210,24 +228,41 @@ class DPNoise(Defense, MessageTransform):
         return passes + self.inference_releases
 
     def epsilon_per_sample(self) -> float:
-        """The composed epsilon of one person's sample over all its releases, at ``accounting_delta``."""
+        """The composed epsilon of one person's sample over all its releases, at ``accounting_delta``.
+        Under Poisson sampling: the larger of a training sample's (K ~ Binomial(steps, q) releases,
+        then ``inference_releases``) and the validation slice's (once per epoch, then the same)."""
         multiplier = self.noise_scale / self.sensitivity
-        return composed_epsilon(self.mechanism, multiplier, self.releases_per_sample, self.accounting_delta)
+        if self.sample_rate is None:
+            return composed_epsilon(self.mechanism, multiplier, self.releases_per_sample, self.accounting_delta)
+        epochs = round(self.training_steps * self.sample_rate)
+        return max(sampled_composed_epsilon(self.mechanism, multiplier, self.training_steps, self.sample_rate,
+                                            self.inference_releases, self.accounting_delta),
+                   composed_epsilon(self.mechanism, multiplier, epochs + self.inference_releases, self.accounting_delta))
+
+    def epsilon_per_sample_pure(self) -> float:
+        """Laplace at delta 0: epsilon times the most releases a sample can have (under Poisson
+        sampling, one at every step)."""
+        most = self.releases_per_sample if self.sample_rate is None else self.training_steps + self.inference_releases
+        return self.epsilon * most
 
     def resumed(self) -> None:
         """The epoch interrupted after the checkpoint sent its messages already: count its pass."""
         self.training_messages += self.private_train_size
+        if self.sample_rate is not None:
+            self.training_steps += round(1 / self.sample_rate)
 
     # the accounting travels in checkpoints (a resumed run continues it); the generator's state
     # only when a seed fixed it (otherwise a resumed or reloaded run draws fresh entropy)
     def get_extra_state(self):
-        state = {"training_messages": self.training_messages, "private_train_size": self.private_train_size}
+        state = {"training_messages": self.training_messages, "private_train_size": self.private_train_size,
+                 "training_steps": self.training_steps, "sample_rate": self.sample_rate}
         if self.noise_seed is not None:
             state["generator"] = self.generator.get_state()
         return state
 
     def set_extra_state(self, state) -> None:
         self.training_messages, self.private_train_size = state["training_messages"], state["private_train_size"]
+        self.training_steps, self.sample_rate = state.get("training_steps", 0), state.get("sample_rate")
         if "generator" in state and self.noise_seed is not None:
             self.generator.set_state(state["generator"])
 
@@ -238,7 +273,9 @@ class DPNoise(Defense, MessageTransform):
                  "epsilon_per_sample": self.epsilon_per_sample(), "delta_per_sample": self.accounting_delta,
                  "messages": float(self.training_messages), "clip": float(self.clip), "noise_scale": self.noise_scale}
         if self.mechanism == "laplace":
-            spent["epsilon_per_sample_pure"] = self.epsilon * self.releases_per_sample
+            spent["epsilon_per_sample_pure"] = self.epsilon_per_sample_pure()
+        if self.sample_rate is not None:
+            spent["sample_rate"] = self.sample_rate
         return spent
 
     def config(self) -> dict:

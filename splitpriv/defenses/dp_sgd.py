@@ -8,7 +8,7 @@ the server trains normally (the pattern Opacus' maintainers give in opacus#615).
     g     = (sum_i g_i' + N(0, sigma^2 C^2 I)) / B    sigma = ``noise_multiplier``, B the expected batch size
 
 on Poisson-sampled batches (sample rate q = batch_size / N), so that the accountant's analysis
-holds; after T steps the accountant (``rdp``, ``prv`` or ``gdp``) gives the spent epsilon for
+holds; after T steps the accountant (``rdp`` or ``prv``) gives the spent epsilon for
 ``delta``. With ``target_epsilon``, sigma is the smallest Opacus finds to spend at most that
 budget over the configured epochs. The noise and the Poisson sampling draw from the defense's own
 generator (operating-system entropy unless ``noise_seed`` fixes it for an experiment).
@@ -47,11 +47,13 @@ from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 
 from splitpriv.cut import ClientLossTerm, TrainingPrivatizer, is_number, private_generator
+from splitpriv.defenses.accounting import refuse_delta_above_one_in_n
 from splitpriv.defenses.base import Defense, register_defense
 from splitpriv.errors import ConfigError, SplitprivError
 
 log = logging.getLogger("splitpriv")
-ACCOUNTANTS = ("rdp", "prv", "gdp")
+# not Opacus' "gdp": its central-limit approximation can understate epsilon (Opacus warns so), not a bound
+ACCOUNTANTS = ("rdp", "prv")
 MIN_NOISE_MULTIPLIER = 0.1  # about 1e4 spent epsilon already for 1,000 steps at q = 0.03 (RDP)
 
 
@@ -82,7 +84,7 @@ class DPSGD(Defense, TrainingPrivatizer):
         target_epsilon: spend at most this epsilon over the run's epochs (sigma computed by Opacus).
         max_grad_norm: the per-sample gradient clipping norm C > 0.
         delta: in (0, 1), e.g. below 1 / (number of private training samples).
-        accountant: ``rdp`` (default), ``prv`` or ``gdp``.
+        accountant: ``rdp`` (default) or ``prv``.
         noise_seed: None (operating-system entropy) or a seed for a reproducible experiment.
     """
 
@@ -92,8 +94,9 @@ class DPSGD(Defense, TrainingPrivatizer):
     parameter_help = {"noise_multiplier": "noise std / max grad norm, > 0",
                       "target_epsilon": "spend at most this epsilon (instead of --noise-multiplier)",
                       "max_grad_norm": "per-sample gradient clipping norm", "delta": "delta per sample in (0, 1)",
-                      "accountant": "rdp, prv or gdp",
+                      "accountant": "rdp or prv",
                       "noise_seed": "fix the noise and sampling generator (reproducible runs only)"}
+    poisson_sampling = True  # DPDataLoader (train_loader)
     precisions = ("32-true",)  # Opacus' per-sample gradients are float32: autocast's bfloat16 ones are refused
 
     def __init__(self, noise_multiplier: float | None = None, target_epsilon: float | None = None,
@@ -111,7 +114,8 @@ class DPSGD(Defense, TrainingPrivatizer):
         if not is_number(delta) or not 0 < delta < 1:
             raise ConfigError("delta", delta, "a number in (0, 1), below 1 / (private training samples)")
         if accountant not in ACCOUNTANTS:
-            raise ConfigError("accountant", accountant, f"one of {list(ACCOUNTANTS)}")
+            raise ConfigError("accountant", accountant, f"one of {list(ACCOUNTANTS)} (Opacus' gdp is an approximation that "
+                              f"can understate epsilon, so it is not offered)")
         if noise_seed is not None and (not isinstance(noise_seed, int) or isinstance(noise_seed, bool) or noise_seed < 0):
             raise ConfigError("noise_seed", noise_seed, "null (operating-system entropy) or an integer >= 0")
         self.noise_multiplier = None if target_epsilon is not None else float(noise_multiplier or 1.0)
@@ -120,6 +124,7 @@ class DPSGD(Defense, TrainingPrivatizer):
         self.accountant = create_accountant(accountant)
         self.sample_rate: float | None = None
         self.expected_batch_size: int | None = None
+        self.budgeted_for: list | None = None  # [epochs, sample rate] sigma was chosen for, with target_epsilon
         self.noise_seed = noise_seed
         self.generator = private_generator(noise_seed)
 
@@ -160,6 +165,7 @@ class DPSGD(Defense, TrainingPrivatizer):
         return fixed
 
     def setup(self, module, private_train) -> None:
+        refuse_delta_above_one_in_n("delta", self.delta, len(private_train))
         coupled = [term.name for term in module.playing(ClientLossTerm)]
         if coupled:
             raise ConfigError("defenses", coupled, "no defense with a client loss term next to dp_sgd: those terms "
@@ -179,6 +185,7 @@ class DPSGD(Defense, TrainingPrivatizer):
         # hooks on the client's layers record per-sample gradients; the client itself is not replaced,
         # so its state dict and the model's stay as they are
         object.__setattr__(self, "_grad_sample_module", GradSampleModule(module.client, batch_first=True, loss_reduction="mean"))
+        self._check_budget_plan(module)
         if self.noise_multiplier is None:
             try:
                 self.noise_multiplier = noise_multiplier_for(self.target_epsilon, self.delta, self.sample_rate,
@@ -188,11 +195,24 @@ class DPSGD(Defense, TrainingPrivatizer):
                                   f"a budget Opacus can reach in {module.trainer.max_epochs} epochs at sample rate "
                                   f"{self.sample_rate:.3g} and delta {self.delta:g} ({error}); raise it, or train fewer "
                                   f"epochs or with smaller batches") from None
+            self.budgeted_for = [module.trainer.max_epochs, self.sample_rate]
         dp_optimizer = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
                                    expected_batch_size=self.expected_batch_size, loss_reduction="mean",
                                    generator=self.generator)
         dp_optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
         return dp_optimizer
+
+    def _check_budget_plan(self, module) -> None:
+        """A resumed run keeps the sigma its checkpoint chose for ``target_epsilon`` over the epochs and
+        sample rate it started with; with more epochs or another batch size it would spend more."""
+        if self.target_epsilon is None or self.budgeted_for is None:
+            return
+        planned_epochs, planned_rate, epochs = *self.budgeted_for, module.trainer.max_epochs
+        if epochs != planned_epochs or not math.isclose(self.sample_rate, planned_rate):
+            raise ConfigError("training.epochs", epochs, f"{planned_epochs} epochs of {round(1 / planned_rate)} steps (the "
+                              f"same batch size), as when this run started: dp_sgd chose its "
+                              f"noise to spend target_epsilon {self.target_epsilon:g} over those; train a new run "
+                              f"(another --name) for a different schedule")
 
     def teardown(self, module) -> None:
         """Remove Opacus' hooks: the trained client is then an ordinary module (attacks, inference)."""
@@ -222,7 +242,8 @@ class DPSGD(Defense, TrainingPrivatizer):
     # the accountant's history travels in checkpoints: load_run and --resume keep the spent epsilon
     # (and, when a seed fixed it, the generator's state, so that a resumed experiment continues its draws)
     def get_extra_state(self):
-        state = {"history": [list(entry) for entry in self.accountant.history], "noise_multiplier": self.noise_multiplier}
+        state = {"history": [list(entry) for entry in self.accountant.history], "noise_multiplier": self.noise_multiplier,
+                 "budgeted_for": self.budgeted_for}
         if self.noise_seed is not None:
             state["generator"] = self.generator.get_state()
         return state
@@ -230,5 +251,6 @@ class DPSGD(Defense, TrainingPrivatizer):
     def set_extra_state(self, state) -> None:
         self.accountant.history = [tuple(entry) for entry in state["history"]]
         self.noise_multiplier = state["noise_multiplier"]
+        self.budgeted_for = state.get("budgeted_for")
         if "generator" in state and self.noise_seed is not None:
             self.generator.set_state(state["generator"])
