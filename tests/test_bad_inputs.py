@@ -326,6 +326,8 @@ CASES = [
     Case("attack parameter nan", lambda tmp, r, s: ["attack", "--run", str(r), "--attacks", "optimization_inversion:tv_weight=.nan"],
          "finite"),
     Case("attack spec without a name", lambda tmp, r, s: ["attack", "--run", str(r), "--attacks", ":x=1"], "NAME"),
+    Case("two attacks under one label", lambda tmp, r, s: ["attack", "--run", str(r), "--attacks", "optimization_inversion",
+                                                           "optimization_inversion:tv_weight=0"], "labelled other than"),
     Case("attack zero samples", lambda tmp, r, s: ["attack", "--run", str(r), "--samples", "0"], "--samples"),
     Case("attack three samples (dCor needs 4)", lambda tmp, r, s: ["attack", "--run", str(r), "--samples", "3"], "--samples"),
     Case("attack negative refinements", lambda tmp, r, s: ["attack", "--run", str(r), "--attacks",

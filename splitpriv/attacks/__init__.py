@@ -31,7 +31,14 @@ def build_attack(spec: dict, key: str = "attacks[0]") -> Attack:
 def build_attacks(specs: list[dict]) -> list[Attack]:
     if not specs:
         raise ConfigError("attacks", specs, f"a non-empty list of attacks, e.g. [{{name: decoder_inversion}}]; known: {sorted(ATTACKS)}")
-    return [build_attack(spec, f"attacks[{i}]") for i, spec in enumerate(specs)]
+    attacks = [build_attack(spec, f"attacks[{i}]") for i, spec in enumerate(specs)]
+    labels = [attack.label for attack in attacks]
+    for i, label in enumerate(labels):
+        if label in labels[:i]:  # results are kept by label: the later would silently replace the earlier
+            raise ConfigError(f"attacks[{i}]", specs[i], f"an attack labelled other than attacks[{labels.index(label)}] "
+                              f"('{label}'): results are kept by label; run differently configured {label} "
+                              f"attacks in separate `splitpriv attack` calls")
+    return attacks
 
 
 __all__ = ["ATTACKS", "Attack", "AttackResult", "AttackTarget", "ProxyData", "THREAT_MODELS", "build_attack",
