@@ -639,10 +639,16 @@ def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
     atomic_save_figure(frontier_figure({title: rows}, title), path)
 
 
+def row_adaptations(row: dict) -> list[str]:
+    """The cell's adaptations other than none, e.g. ``['compression quantize_bits4']``: cells that
+    differ in them are different cells, never seeds of one."""
+    return [f"{k} {row[k]}" for k in ("compression", "exits") if row.get(k, NO_DEFENSE) != NO_DEFENSE]
+
+
 def frontier_series(row: dict) -> str:
     """A row's series in the plot: the defense and its strength (with its unit), and the cell's adaptations if any."""
     defense = row["defense"] if row.get("strength") is None else f"{row['defense']} {row['strength_parameter']} {row['strength']:g}"
-    return "+".join([defense, *(f"{k} {row[k]}" for k in ("compression", "exits") if row.get(k, NO_DEFENSE) != NO_DEFENSE)])
+    return "+".join([defense, *row_adaptations(row)])
 
 
 def seed_means(rows: list[dict], column: str) -> list[dict]:

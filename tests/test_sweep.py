@@ -199,6 +199,25 @@ def test_compare_prints_sweeps_side_by_side(finished_sweep, tmp_path, capsys):
     assert main(["compare", str(tmp_path / "absent")]) == 2
 
 
+
+def test_compare_keeps_cells_that_differ_in_compression_apart(finished_sweep, tmp_path, capsys):
+    """Two seeds each of a plain and a quantized cell: two lines of n=2, not one of n=4 pooling both."""
+    folder, _ = finished_sweep
+    first = read_csv(folder / "frontier.csv")[0]
+    table = [{**first, "seed": str(seed), "compression": compression, "worst_mse_white_box": str(mse)}
+             for compression, mse in (("none", 0.01), ("quantize_bits4", 0.05)) for seed in (0, 1)]
+    other = tmp_path / "adapted"
+    other.mkdir()
+    with open(other / "frontier.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, sweep.FRONTIER_COLUMNS)
+        writer.writeheader()
+        writer.writerows(table)
+    assert main(["compare", str(other), "--metrics", "worst_mse_white_box"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert len(lines) == 2
+    assert any("compression quantize_bits4" in line and "0.0500 ± 0.0000 (n=2)" in line for line in lines)
+    assert any("compression" not in line and "0.0100 ± 0.0000 (n=2)" in line for line in lines)
+
 def test_provenance_names_a_cap_on_the_cpu_kernels(monkeypatch):
     from splitpriv.provenance import provenance
 

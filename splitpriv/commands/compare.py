@@ -70,10 +70,14 @@ def rows_at_cuts(folder: Path, cuts: tuple[str, ...] = ()) -> list[dict]:
 
 
 def by_cell(rows: list[dict], metrics: tuple[str, ...]) -> dict[tuple, dict[str, list]]:
-    """Each metric's values over seeds, keyed by (cut_layer, cut_name, defense, strength)."""
+    """Each metric's values over seeds, keyed by (cut_layer, cut_name, defense with the cell's
+    adaptations, strength)."""
+    from splitpriv.sweep import row_adaptations
+
     grouped: dict[tuple, dict[str, list]] = {}
     for row in rows:
-        cell = grouped.setdefault((row["cut_layer"], row["cut_name"], row["defense"], _strength(row)), {m: [] for m in metrics})
+        defense = "+".join([row["defense"], *row_adaptations(row)])
+        cell = grouped.setdefault((row["cut_layer"], row["cut_name"], defense, _strength(row)), {m: [] for m in metrics})
         for metric in metrics:
             if row.get(metric) is not None:
                 cell[metric].append(row[metric])
@@ -81,7 +85,7 @@ def by_cell(rows: list[dict], metrics: tuple[str, ...]) -> dict[tuple, dict[str,
 
 
 def _format(values: list) -> str:
-    """Numbers: the mean, with ± the standard deviation over seeds and their number when there are
+    """Numbers: the mean, with ± the sample standard deviation (n - 1) over seeds and their number when there are
     several. Text (e.g. the attack behind a worst case): each distinct value."""
     if not values:
         return "-"
