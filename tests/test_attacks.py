@@ -78,6 +78,19 @@ def test_known_offset_gives_known_mse_and_psnr():
     assert metrics["ssim"] < 1.0
 
 
+
+def test_one_perfect_image_counts_at_the_psnr_cap_so_the_mean_stays_finite_and_recorded():
+    """Per-image PSNR is infinite for a perfect image: its mean was inf, which attack.json wrote as null."""
+    from splitpriv.attacks.metrics import MAX_PSNR
+    from splitpriv.store import finite_or_none
+
+    target = _unit_images() * 0.8
+    shifted = target + 0.1
+    shifted[0] = target[0]
+    psnr = reconstruction_metrics(shifted, target)["psnr"]
+    assert psnr == pytest.approx((MAX_PSNR + 20.0 * (len(target) - 1)) / len(target), rel=1e-4)
+    assert finite_or_none(psnr) == psnr
+
 def test_metrics_refuse_images_outside_the_unit_range():
     normalised = (_unit_images() - 0.5) / 0.25
     with pytest.raises(ValueError, match=r"\[0, 1\]"):

@@ -23,12 +23,16 @@ def _check_unit_range(images: torch.Tensor, name: str) -> None:
 RECOGNISABLE_SSIM = 0.5  # per-image SSIM at or above which a reconstruction counts as recognisable
 
 
+MAX_PSNR = 100.0  # dB: an image's MSE below 1e-10 (far under 8-bit quantisation's) counts as perfect
+
+
 def reconstruction_metrics(reconstructions: torch.Tensor, originals: torch.Tensor,
                            recognisable_ssim: float = RECOGNISABLE_SSIM) -> dict[str, float]:
     """How close reconstructions come to the originals, each image in [0, 1]: the means over images,
     and how the leak spreads over them.
 
-    * ``mse``, ``psnr`` (10 log10(1 / MSE_i) per image, then averaged), ``ssim`` (a Gaussian window of
+    * ``mse``, ``psnr`` (10 log10(1 / MSE_i) per image, at most ``MAX_PSNR`` dB so that one perfect
+      image does not make the mean infinite, which JSON could not record; then averaged), ``ssim`` (a Gaussian window of
       :func:`~splitpriv.measures.ssim_window` taps, 11 or 7 on 8x8 digits, sigma = 1.5 * taps / 11);
     * ``mse_p10``, ``mse_p50``, ``mse_p90``: quantiles of the per-image MSE (the best-reconstructed
       tenth of the images has MSE at most ``mse_p10``);
@@ -43,7 +47,8 @@ def reconstruction_metrics(reconstructions: torch.Tensor, originals: torch.Tenso
     quantiles = torch.quantile(per_image_mse, torch.tensor([0.1, 0.5, 0.9]))
     return {
         "mse": float(mean_squared_error(preds, target)),
-        "psnr": float(peak_signal_noise_ratio(preds, target, data_range=1.0, dim=(1, 2, 3))),
+        "psnr": float(peak_signal_noise_ratio(preds, target, data_range=1.0, dim=(1, 2, 3), reduction="none")
+                      .clamp_max(MAX_PSNR).mean()),
         "ssim": float(per_image_ssim.mean()),
         "mse_p10": float(quantiles[0]), "mse_p50": float(quantiles[1]), "mse_p90": float(quantiles[2]),
         "recognisable_share": float((per_image_ssim >= recognisable_ssim).float().mean()),
