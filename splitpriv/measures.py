@@ -35,6 +35,8 @@ def ssim(preds: torch.Tensor, target: torch.Tensor, window: int | None = None, r
     (default: :func:`ssim_window` of the image side) and sigma = 1.5 * window / 11.
 
     ``reduction='none'`` gives one value per image. Differentiable (the decoder defense trains on it).
+    The SSIM map is averaged over every pixel, reflect-padded at the borders (torchmetrics >= 1.4.2;
+    Wang et al.'s code averages only where the window lies inside the image).
     """
     window = window or ssim_window(min(target.shape[-2:]))
     return structural_similarity_index_measure(preds, target, data_range=1.0, sigma=ssim_sigma(window),

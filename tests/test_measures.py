@@ -13,8 +13,10 @@ from splitpriv.measures import (bias_corrected_distance_correlation, distance_co
 
 
 def _reference_ssim(preds: torch.Tensor, target: torch.Tensor, window: int, sigma: float) -> float:
-    """SSIM of Wang et al. (2004) with an explicit ``window``-tap Gaussian written out here: reflect
-    padding, C1 = 0.01², C2 = 0.03², the SSIM map averaged per image, then over images."""
+    """SSIM of Wang et al. (2004) with an explicit ``window``-tap Gaussian written out here,
+    C1 = 0.01², C2 = 0.03², in the convention splitpriv reports (torchmetrics >= 1.4.2): the map
+    reflect-padded to the image's size and averaged over every pixel (Wang et al.'s own code averages
+    only the valid region), then over images."""
     taps = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
     gauss = torch.exp(-taps ** 2 / (2 * sigma ** 2))
     kernel = (gauss[:, None] * gauss[None, :] / gauss.sum() ** 2).view(1, 1, window, window)
