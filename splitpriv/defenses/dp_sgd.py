@@ -182,10 +182,10 @@ class DPSGD(Defense, TrainingPrivatizer):
     def configure_client(self, module, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
         if self.sample_rate is None:
             raise RuntimeError("dp_sgd: train_loader() must wrap the private training loader before training")
+        self._check_budget_plan(module)
         # hooks on the client's layers record per-sample gradients; the client itself is not replaced,
         # so its state dict and the model's stay as they are
         object.__setattr__(self, "_grad_sample_module", GradSampleModule(module.client, batch_first=True, loss_reduction="mean"))
-        self._check_budget_plan(module)
         if self.noise_multiplier is None:
             try:
                 self.noise_multiplier = noise_multiplier_for(self.target_epsilon, self.delta, self.sample_rate,
